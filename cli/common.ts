@@ -1,0 +1,46 @@
+import { selectBackend, type BackendChoice } from '../shared/backend.js';
+import { Logger, type LogFormat, type LogLevel } from '../shared/log.js';
+
+/** Exit statuses shared by every command. */
+export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
+
+/** An invalid flag value; the command exits with status 2, as for other usage errors. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+export interface CommonArguments {
+  backend: BackendChoice;
+  logFormat: LogFormat;
+  logLevel: LogLevel;
+}
+
+export function makeLogger(args: CommonArguments, name: string): Logger {
+  return new Logger({ format: args.logFormat, level: args.logLevel, name });
+}
+
+/** Activates the requested backend and says once, at start-up, when `auto` fell back. */
+export async function startBackend(args: CommonArguments, log: Logger): Promise<string> {
+  const selection = await selectBackend(args.backend);
+  if (selection.fallbackReason) log.info(`using backend "wasm": ${selection.fallbackReason}`);
+  return selection.name;
+}
+
+/**
+ * Stops a long-running command on SIGINT or SIGTERM by calling `close`, and exits once
+ * it has finished; a second signal exits at once.
+ */
+export function closeOnSignals(close: () => Promise<void>, log: Logger): void {
+  let stopping = false;
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) process.exit(EXIT.failed);
+    stopping = true;
+    log.info('stopping', { signal });
+    close().finally(() => process.exit(EXIT.failed));
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+}

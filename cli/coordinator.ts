@@ -1,0 +1,33 @@
+import type { ArgumentsCamelCase, Argv } from 'yargs';
+import { Coordinator } from '../coordinator/coordinator.js';
+import type { CoordinatorOptions } from '../shared/options.js';
+import { closeOnSignals, EXIT, makeLogger, startBackend } from './common.js';
+import { COMMON_OPTIONS, COORDINATOR_OPTIONS } from './options.js';
+
+export const command = 'coordinator';
+export const describe = 'Run the coordinator: owns the model, plans the data and averages the workers\' gradients';
+
+export function builder(yargs: Argv): Argv {
+  return yargs.options({ ...COORDINATOR_OPTIONS, ...COMMON_OPTIONS });
+}
+
+/** Runs a coordinator to completion and returns its exit status. */
+export async function runCoordinator(options: CoordinatorOptions): Promise<number> {
+  const log = makeLogger(options, 'coordinator');
+  await startBackend(options, log);
+  const coordinator = new Coordinator(options, log);
+  closeOnSignals(() => coordinator.close(), log);
+  try {
+    await coordinator.start();
+    // A parent process (gradfleet launch) learns the ports here, which matters when they are 0.
+    process.send?.({ type: 'listening', port: coordinator.port, metricsPort: coordinator.metricsPort });
+    await coordinator.run();
+    return EXIT.ok;
+  } finally {
+    await coordinator.close();
+  }
+}
+
+export async function handler(args: ArgumentsCamelCase): Promise<void> {
+  process.exitCode = await runCoordinator(args as unknown as CoordinatorOptions);
+}

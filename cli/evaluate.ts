@@ -1,0 +1,40 @@
+import type { ArgumentsCamelCase, Argv } from 'yargs';
+import { loadDataset } from '../shared/data/dataset.js';
+import { loadModel } from '../shared/model-files.js';
+import { evaluate } from '../shared/training.js';
+import { EXIT, makeLogger, startBackend, type CommonArguments } from './common.js';
+import { COMMON_OPTIONS, COORDINATOR_OPTIONS } from './options.js';
+
+export const command = 'evaluate';
+export const describe = 'Print the test loss and accuracy of a saved model';
+
+export function builder(yargs: Argv): Argv {
+  return yargs.options({
+    'model-dir': { type: 'string', demandOption: true, describe: 'Folder with model.json and its weights, as written to --output' },
+    'data-dir': COORDINATOR_OPTIONS['data-dir'],
+    'test-limit': COORDINATOR_OPTIONS['test-limit'],
+    ...COMMON_OPTIONS,
+  });
+}
+
+interface EvaluateArguments extends CommonArguments {
+  modelDir: string;
+  dataDir?: string;
+  testLimit?: number;
+}
+
+export async function handler(args: ArgumentsCamelCase): Promise<void> {
+  const options = args as unknown as EvaluateArguments;
+  const log = makeLogger(options, 'evaluate');
+  await startBackend(options, log);
+  const model = await loadModel(options.modelDir);
+  const { test } = await loadDataset({ dataDir: options.dataDir, trainLimit: 0, testLimit: options.testLimit });
+  const result = evaluate(model, { images: test.images, labels: test.labels, count: test.count }, 10);
+  log.report(
+    `test_loss: ${result.loss.toFixed(4)} - test_accuracy: ${result.accuracy.toFixed(4)} (${result.count} images)`,
+    'evaluation complete',
+    { modelDir: options.modelDir, testLoss: result.loss, testAccuracy: result.accuracy, images: result.count },
+  );
+  model.dispose();
+  process.exitCode = EXIT.ok;
+}

@@ -1,0 +1,139 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import type { ArgumentsCamelCase, Argv } from 'yargs';
+import { Logger } from '../shared/log.js';
+import { EXIT, makeLogger, type CommonArguments } from './common.js';
+import { COMMON_OPTIONS, COORDINATOR_OPTIONS } from './options.js';
+
+export const command = 'launch';
+export const describe = 'Run a coordinator and --workers local worker processes in one command';
+
+export function builder(yargs: Argv): Argv {
+  return yargs.options({ ...COORDINATOR_OPTIONS, ...COMMON_OPTIONS });
+}
+
+/** What a child reports over its IPC channel once its servers listen. */
+interface ListeningReport {
+  type: 'listening';
+  port?: number;
+  metricsPort: number;
+}
+
+/** How long children get to exit after SIGTERM before they are killed, in milliseconds. */
+const STOP_GRACE_MS = 5_000;
+
+function camelCase(flag: string): string {
+  return flag.replace(/-([a-z])/g, (_, letter: string) => letter.toUpperCase());
+}
+
+/** Turns parsed options back into command-line flags for a child process. */
+function toFlags(args: Record<string, unknown>, flags: string[]): string[] {
+  const result: string[] = [];
+  for (const flag of flags) {
+    const value = args[camelCase(flag)];
+    if (value === undefined) continue;
+    if (typeof value === 'boolean') result.push(value ? `--${flag}` : `--no-${flag}`);
+    else result.push(`--${flag}`, String(value));
+  }
+  return result;
+}
+
+/**
+ * Starts children and prefixes each line of their output with their name, as torchrun
+ * does, so that interleaved output stays readable.
+ */
+class ChildGroup {
+  readonly children = new Map<string, ChildProcess>();
+
+  constructor(private readonly log: Logger) {}
+
+  start(name: string, args: string[]): ChildProcess {
+    const child = spawn(process.execPath, [process.argv[1], ...args], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+    this.children.set(name, child);
+    const width = Math.max(...[...this.children.keys()].map((key) => key.length), 11);
+    for (const stream of [child.stdout!, child.stderr!]) {
+      const target = stream === child.stdout ? process.stdout : process.stderr;
+      createInterface({ input: stream }).on('line', (line) => target.write(`[${name.padEnd(width)}] ${line}\n`));
+    }
+    child.on('exit', (code, signal) => {
+      this.children.delete(name);
+      if (code !== 0) this.log.warn('process exited', { process: name, code, signal });
+    });
+    return child;
+  }
+
+  /** Sends SIGTERM to every child, then SIGKILL to those still running after the grace period. */
+  async stopAll(): Promise<void> {
+    const running = [...this.children.values()];
+    for (const child of running) child.kill('SIGTERM');
+    const killer = setTimeout(() => running.forEach((child) => child.exitCode === null && child.kill('SIGKILL')), STOP_GRACE_MS);
+    await Promise.all(running.map((child) => (child.exitCode !== null || child.signalCode !== null ? undefined : new Promise((resolve) => child.once('exit', resolve)))));
+    clearTimeout(killer);
+  }
+}
+
+function waitForListening(child: ChildProcess, name: string): Promise<ListeningReport> {
+  return new Promise((resolve, reject) => {
+    child.on('message', (message: ListeningReport) => {
+      if (message?.type === 'listening') resolve(message);
+    });
+    child.once('exit', (code) => reject(new Error(`${name} exited with status ${code} before it was ready; see its output above`)));
+  });
+}
+
+function waitForExit(child: ChildProcess): Promise<number> {
+  if (child.exitCode !== null) return Promise.resolve(child.exitCode);
+  return new Promise((resolve) => child.once('exit', (code, signal) => resolve(code ?? (signal ? 128 : 1))));
+}
+
+export async function handler(args: ArgumentsCamelCase): Promise<void> {
+  const options = args as unknown as CommonArguments & Record<string, unknown> & { workers: number; metricsPort: number; host: string };
+  const log = makeLogger(options, 'launch');
+  const group = new ChildGroup(log);
+  let stopping = false;
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    log.info('stopping all processes', { signal });
+    void group.stopAll().then(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+
+  const coordinatorFlags = toFlags(options, [...Object.keys(COORDINATOR_OPTIONS), ...Object.keys(COMMON_OPTIONS)]);
+  const coordinator = group.start('coordinator', ['coordinator', ...coordinatorFlags]);
+  const coordinatorExit = waitForExit(coordinator);
+  let ports: ListeningReport;
+  try {
+    ports = await waitForListening(coordinator, 'the coordinator');
+  } catch (error) {
+    log.error('launch failed', { error: (error as Error).message });
+    process.exitCode = await coordinatorExit;
+    return;
+  }
+
+  const host = options.host === '0.0.0.0' || options.host === '::' ? '127.0.0.1' : options.host;
+  const url = `ws://${host.includes(':') ? `[${host}]` : host}:${ports.port}`;
+  const workerFlags = toFlags(options, Object.keys(COMMON_OPTIONS));
+  const workerPorts: Promise<ListeningReport>[] = [];
+  for (let i = 1; i <= options.workers; i++) {
+    const metricsPort = options.metricsPort === 0 ? 0 : ports.metricsPort + i;
+    const name = `worker-${i}`;
+    const child = group.start(name, ['worker', '--coordinator', url, '--name', name, '--metrics-port', String(metricsPort), ...workerFlags]);
+    workerPorts.push(waitForListening(child, name));
+  }
+  const reported = await Promise.allSettled(workerPorts);
+  const metrics: Record<string, string> = { coordinator: `http://${host}:${ports.metricsPort}/metrics` };
+  reported.forEach((result, i) => {
+    if (result.status === 'fulfilled') metrics[`worker-${i + 1}`] = `http://${host}:${result.value.metricsPort}/metrics`;
+  });
+  log.info('started', { coordinator: url, workers: options.workers, metrics });
+
+  const status = await coordinatorExit;
+  if (status !== 0) log.error('the coordinator failed; stopping the workers', { status });
+  // Workers exit by themselves once the coordinator says training is complete.
+  const stragglers = setTimeout(() => void group.stopAll(), STOP_GRACE_MS);
+  await Promise.all([...group.children.values()].map(waitForExit));
+  clearTimeout(stragglers);
+  process.exitCode = status === 0 ? EXIT.ok : status;
+}

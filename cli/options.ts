@@ -1,0 +1,85 @@
+import type { Options } from 'yargs';
+import { UsageError } from './common.js';
+import { BACKEND_CHOICES } from '../shared/backend.js';
+import { LOG_FORMATS, LOG_LEVELS } from '../shared/log.js';
+import { MODEL_NAMES } from '../shared/models.js';
+import { COMMON_DEFAULTS, COORDINATOR_DEFAULTS, DEFAULT_BATCH_SIZE, OPTIMIZER_NAMES, WORKER_DEFAULTS } from '../shared/options.js';
+
+/**
+ * yargs option tables. Defaults come from the option objects in shared/options.ts, so the
+ * help text and the programmatic API cannot disagree.
+ */
+
+/** Returns a coerce function that accepts whole numbers from `min` up, naming the flag otherwise. */
+function integer(flag: string, min: number): (value: unknown) => number | undefined {
+  return (value) => {
+    if (value === undefined) return undefined;
+    const number = typeof value === 'number' ? value : Number(String(value).trim() || Number.NaN);
+    if (!Number.isInteger(number) || number < min) {
+      throw new UsageError(`invalid --${flag} ${JSON.stringify(value)}: expected a whole number of at least ${min}`);
+    }
+    return number;
+  };
+}
+
+/** Returns a coerce function that accepts finite numbers above `min` (or at `min` when `inclusive`). */
+function real(flag: string, min: number, inclusive: boolean): (value: unknown) => number | undefined {
+  return (value) => {
+    if (value === undefined) return undefined;
+    const number = typeof value === 'number' ? value : Number(String(value).trim() || Number.NaN);
+    const ok = Number.isFinite(number) && (inclusive ? number >= min : number > min);
+    if (!ok) throw new UsageError(`invalid --${flag} ${JSON.stringify(value)}: expected a number ${inclusive ? 'of at least' : 'greater than'} ${min}`);
+    return number;
+  };
+}
+
+function port(flag: string): (value: unknown) => number | undefined {
+  const check = integer(flag, 0);
+  return (value) => {
+    const number = check(value);
+    if (number !== undefined && number > 65535) throw new UsageError(`invalid --${flag} ${number}: expected a port from 0 to 65535 (0 picks any free port)`);
+    return number;
+  };
+}
+
+// Numeric options have no yargs type: with `type: 'number'` yargs turns "abc" into NaN
+// before the coerce function runs, and the error could no longer quote the value typed.
+export const COMMON_OPTIONS = {
+  backend: { choices: BACKEND_CHOICES, default: COMMON_DEFAULTS.backend, describe: 'Compute backend: auto takes tensorflow (tfjs-node) when it loads, else wasm' },
+  'log-format': { choices: LOG_FORMATS, default: COMMON_DEFAULTS.logFormat, describe: 'Log lines for people (text) or one JSON object per line (json)' },
+  'log-level': { choices: LOG_LEVELS, default: COMMON_DEFAULTS.logLevel, describe: 'Lowest level of log lines printed' },
+} satisfies Record<string, Options>;
+
+export const COORDINATOR_OPTIONS = {
+  host: { type: 'string', default: COORDINATOR_DEFAULTS.host, describe: 'Address to listen on for workers and Prometheus; 0.0.0.0 accepts other hosts' },
+  port: { default: COORDINATOR_DEFAULTS.port, coerce: port('port'), describe: 'WebSocket port for workers (0: any free port)' },
+  'metrics-port': { default: COORDINATOR_DEFAULTS.metricsPort, coerce: port('metrics-port'), describe: 'Port of the Prometheus /metrics endpoint (0: any free port)' },
+  workers: { default: COORDINATOR_DEFAULTS.workers, coerce: integer('workers', 1), describe: 'Workers that must join before the first step' },
+  model: { choices: MODEL_NAMES, default: COORDINATOR_DEFAULTS.model, describe: 'cnn: the Keras MNIST CNN; mlp: 784-128-10' },
+  optimizer: { choices: OPTIMIZER_NAMES, default: COORDINATOR_DEFAULTS.optimizer, describe: 'Optimizer applied by the coordinator' },
+  lr: { default: COORDINATOR_DEFAULTS.lr, coerce: real('lr', 0, false), describe: 'Learning rate' },
+  momentum: { default: COORDINATOR_DEFAULTS.momentum, coerce: real('momentum', 0, true), describe: 'SGD momentum (sgd only; 0: plain SGD)' },
+  'batch-size': { coerce: integer('batch-size', 1), describe: `Global batch per step in images, split among the workers [default: ${DEFAULT_BATCH_SIZE}]` },
+  'batch-size-per-worker': { coerce: integer('batch-size-per-worker', 1), describe: 'Batch per worker in images; the global batch follows the active workers' },
+  epochs: { default: COORDINATOR_DEFAULTS.epochs, coerce: integer('epochs', 1), describe: 'Passes over the training set' },
+  seed: { default: COORDINATOR_DEFAULTS.seed, coerce: integer('seed', 0), describe: 'Seed of the initial weights and of every epoch shuffle' },
+  'data-dir': { type: 'string', describe: 'Folder with train/t10k IDX files (raw or .gz) [default: the bundled MNIST]' },
+  'train-limit': { coerce: integer('train-limit', 1), describe: 'Train on the first N training images only' },
+  'test-limit': { coerce: integer('test-limit', 1), describe: 'Evaluate on the first N test images only' },
+  'max-steps': { coerce: integer('max-steps', 1), describe: 'Stop after N steps in total' },
+  output: { type: 'string', default: COORDINATOR_DEFAULTS.output, describe: 'Folder for the trained model (TensorFlow.js Layers format)' },
+  'log-every-steps': { default: COORDINATOR_DEFAULTS.logEverySteps, coerce: integer('log-every-steps', 0), describe: 'Print a progress line every N steps (0: per epoch only)' },
+  'evaluate-every-epoch': { type: 'boolean', default: COORDINATOR_DEFAULTS.evaluateEveryEpoch, describe: 'Evaluate on the test set after every epoch (the last is always evaluated)' },
+} satisfies Record<string, Options>;
+
+export const WORKER_OPTIONS = {
+  coordinator: { type: 'string', default: WORKER_DEFAULTS.coordinator, describe: 'WebSocket URL of the coordinator' },
+  name: { type: 'string', default: WORKER_DEFAULTS.name, describe: 'Worker name in logs and metrics [default: HOSTNAME-PID]' },
+  'metrics-host': { type: 'string', default: WORKER_DEFAULTS.metricsHost, describe: 'Address of the worker /metrics endpoint' },
+  'metrics-port': { default: WORKER_DEFAULTS.metricsPort, coerce: port('metrics-port'), describe: 'Port of the worker /metrics endpoint (0: any free port)' },
+  'connect-timeout-ms': {
+    default: WORKER_DEFAULTS.connectTimeoutMs,
+    coerce: integer('connect-timeout-ms', 0),
+    describe: 'How long to keep retrying to reach the coordinator, in milliseconds',
+  },
+} satisfies Record<string, Options>;

@@ -1,0 +1,35 @@
+import type { ArgumentsCamelCase, Argv } from 'yargs';
+import type { WorkerOptions } from '../shared/options.js';
+import { Worker } from '../worker/worker.js';
+import { closeOnSignals, EXIT, UsageError, makeLogger, startBackend } from './common.js';
+import { COMMON_OPTIONS, WORKER_OPTIONS } from './options.js';
+
+export const command = 'worker';
+export const describe = 'Run a worker: computes gradients of the shards the coordinator sends';
+
+export function builder(yargs: Argv): Argv {
+  return yargs.options({ ...WORKER_OPTIONS, ...COMMON_OPTIONS }).check((args) => {
+    const url = String(args.coordinator);
+    if (!/^wss?:\/\/[^/\s]+/.test(url)) throw new UsageError(`invalid --coordinator "${url}": expected a WebSocket URL such as ws://10.0.0.5:7070`);
+    return true;
+  });
+}
+
+/** Runs a worker until training is complete and returns its exit status. */
+export async function runWorker(options: WorkerOptions): Promise<number> {
+  const log = makeLogger(options, options.name || 'worker');
+  await startBackend(options, log);
+  const worker = new Worker(options, log);
+  closeOnSignals(() => worker.close(), log);
+  try {
+    process.send?.({ type: 'listening', metricsPort: await worker.startMetrics() });
+    await worker.run();
+    return EXIT.ok;
+  } finally {
+    await worker.close();
+  }
+}
+
+export async function handler(args: ArgumentsCamelCase): Promise<void> {
+  process.exitCode = await runWorker(args as unknown as WorkerOptions);
+}

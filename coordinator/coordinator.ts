@@ -1,0 +1,456 @@
+import { tf } from '../shared/backend.js';
+import { encodeMessage } from '../shared/codec.js';
+import { loadDataset, type Dataset, type Split } from '../shared/data/dataset.js';
+import type { Logger } from '../shared/log.js';
+import { MetricsServer } from '../shared/metrics-server.js';
+import { saveModel } from '../shared/model-files.js';
+import { buildModel, modelTopology, parameterSpecs, trainableVariables, type ParameterSpec } from '../shared/models.js';
+import { DEFAULT_BATCH_SIZE, validateCoordinatorOptions, type CoordinatorOptions } from '../shared/options.js';
+import { CLOSE_CODES, PROTOCOL_VERSION, ProtocolError, type WireTensor, type WorkerMessage } from '../shared/protocol.js';
+import { evaluate, type EvaluationResult } from '../shared/training.js';
+import { CoordinatorMetrics } from './metrics.js';
+import { EpochPlan, SampleLedger, splitIntoShards } from './plan.js';
+import { CoordinatorServer } from './server.js';
+import type { WorkerSession } from './session.js';
+import { StepRun } from './step.js';
+
+/** One line of the per-epoch report, as Keras fit() prints it. */
+export interface EpochSummary {
+  epoch: number;
+  epochs: number;
+  steps: number;
+  trainLoss: number;
+  trainAccuracy: number;
+  testLoss: number;
+  testAccuracy: number;
+  imagesPerSecond: number;
+  elapsedSeconds: number;
+  /** Samples used by applied updates in this epoch: unused, exactly once, more than once. */
+  samples: { unused: number; once: number; repeated: number };
+}
+
+export interface TrainingResult {
+  steps: number;
+  epochs: EpochSummary[];
+  /** Weights after the last step, in `parameterSpecs` order. */
+  weights: Float32Array[];
+  parameters: ParameterSpec[];
+}
+
+/** Raised by `run` when `close` is called before training is complete. */
+export class CoordinatorClosedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CoordinatorClosedError';
+  }
+}
+
+/** How often a long wait for workers is reported, in milliseconds. */
+const WAIT_REPORT_INTERVAL_MS = 10_000;
+
+/**
+ * The coordinator: the single writer of the weights, the optimizer state and the sample
+ * ledger. It plans every epoch, hands shards to workers, averages their gradients,
+ * applies the optimizer once per step and broadcasts the new weights.
+ */
+export class Coordinator {
+  readonly metrics = new CoordinatorMetrics();
+  private readonly metricsServer = new MetricsServer(this.metrics.registry);
+  private readonly server: CoordinatorServer;
+  private dataset?: Dataset;
+  private model?: tf.LayersModel;
+  private variables: tf.Variable[] = [];
+  private specs: ParameterSpec[] = [];
+  private optimizer?: tf.Optimizer;
+  private currentStep?: StepRun;
+  private currentWeightsFrame?: Buffer;
+  private membershipChanged: () => void = () => {};
+  private stepCount = 0;
+  private closed = false;
+  port = 0;
+  metricsPort = 0;
+
+  constructor(
+    private readonly options: CoordinatorOptions,
+    private readonly log: Logger,
+    dataset?: Dataset,
+  ) {
+    validateCoordinatorOptions(options);
+    this.dataset = dataset;
+    this.server = new CoordinatorServer(
+      {
+        onMessage: (session, message) => this.onMessage(session, message),
+        onClose: (session, code, reason) => this.onClose(session, code, reason),
+        onReceivedBytes: (bytes) => this.metrics.receivedBytes.inc(bytes),
+        onSentBytes: (bytes) => this.metrics.sentBytes.inc(bytes),
+        onRejected: (session, error) => this.onRejected(session, error),
+      },
+      log,
+    );
+  }
+
+  /** Loads the data, builds the model and starts both servers. */
+  async start(): Promise<void> {
+    this.dataset ??= await loadDataset({
+      dataDir: this.options.dataDir,
+      trainLimit: this.options.trainLimit,
+      testLimit: this.options.testLimit,
+    });
+    const { train } = this.dataset;
+    const shape = { inputShape: [train.rows, train.cols, 1] as [number, number, number], numClasses: 10 };
+    this.model = buildModel(this.options.model, shape, this.options.seed);
+    this.variables = trainableVariables(this.model);
+    this.specs = parameterSpecs(this.model);
+    this.optimizer = this.makeOptimizer();
+    this.port = await this.server.listen(this.options.host, this.options.port, this.maxPayloadBytes(train));
+    this.metricsPort = await this.metricsServer.listen(this.options.host, this.options.metricsPort);
+    this.log.info('coordinator listening', {
+      url: `ws://${this.options.host}:${this.port}`,
+      metrics: `http://${this.options.host}:${this.metricsPort}/metrics`,
+      model: this.options.model,
+      parameters: this.specs.reduce((sum, spec) => sum + spec.shape.reduce((a, b) => a * b, 1), 0),
+      trainImages: train.count,
+      testImages: this.dataset.test.count,
+      data: this.dataset.source,
+      optimizer: this.options.optimizer,
+      lr: this.options.lr,
+      batch: this.options.batchSizePerWorker ? `${this.options.batchSizePerWorker} per worker` : this.globalBatchSize(1),
+      epochs: this.options.epochs,
+      backend: tf.getBackend(),
+    });
+  }
+
+  private makeOptimizer(): tf.Optimizer {
+    const { optimizer, lr, momentum } = this.options;
+    if (optimizer === 'adam') return tf.train.adam(lr);
+    return momentum > 0 ? tf.train.momentum(lr, momentum) : tf.train.sgd(lr);
+  }
+
+  /**
+   * The largest message a worker may send: one gradient message, which has the size of
+   * a weights message. 64 KiB covers the names, shapes and msgpack framing.
+   */
+  private maxPayloadBytes(train: Split): number {
+    const parameterCount = this.specs.reduce((sum, spec) => sum + spec.shape.reduce((a, b) => a * b, 1), 0);
+    const largestShard = Math.max(this.options.batchSize ?? DEFAULT_BATCH_SIZE, this.options.batchSizePerWorker ?? 0);
+    return 4 * parameterCount + largestShard * (train.rows * train.cols + 5) + 65_536;
+  }
+
+  private globalBatchSize(activeWorkers: number): number {
+    const perWorker = this.options.batchSizePerWorker;
+    return perWorker !== undefined ? perWorker * activeWorkers : (this.options.batchSize ?? DEFAULT_BATCH_SIZE);
+  }
+
+  /** Trains to completion, saves the model and tells every worker that training is done. */
+  async run(): Promise<TrainingResult> {
+    const train = this.dataset!.train;
+    const epochs: EpochSummary[] = [];
+    await this.waitForWorkers(this.options.workers, 'to start training');
+    for (let epoch = 1; epoch <= this.options.epochs && !this.reachedMaxSteps(); epoch++) {
+      epochs.push(await this.runEpoch(epoch, train));
+    }
+    await saveModel(this.model!, this.options.output);
+    this.log.info('training complete; model saved', { output: this.options.output, steps: this.stepCount });
+    this.finishWorkers();
+    return { steps: this.stepCount, epochs, weights: this.readWeights(), parameters: this.specs };
+  }
+
+  private reachedMaxSteps(): boolean {
+    return this.options.maxSteps !== undefined && this.stepCount >= this.options.maxSteps;
+  }
+
+  private async runEpoch(epoch: number, train: Split): Promise<EpochSummary> {
+    const plan = new EpochPlan(epoch, train.count, this.options.seed);
+    const ledger = new SampleLedger(train.count);
+    this.metrics.epoch.set(epoch);
+    const started = performance.now();
+    let lossSum = 0;
+    let correct = 0;
+    let examples = 0;
+    let steps = 0;
+    while (!plan.done && !this.reachedMaxSteps()) {
+      const active = await this.admitWaitingWorkers();
+      const ids = plan.take(this.globalBatchSize(active.length));
+      const step = await this.runStep(epoch, ids, active, train);
+      for (const used of step.usedIds) ledger.record(used);
+      lossSum += step.lossSum;
+      correct += step.correct;
+      examples += step.accumulator.count;
+      steps++;
+      this.logProgress(epoch, steps, lossSum / examples, correct / examples);
+    }
+    const elapsedSeconds = (performance.now() - started) / 1000;
+    const test = this.evaluateOnTestSet(epoch);
+    const summary: EpochSummary = {
+      epoch,
+      epochs: this.options.epochs,
+      steps,
+      trainLoss: lossSum / examples,
+      trainAccuracy: correct / examples,
+      testLoss: test.loss,
+      testAccuracy: test.accuracy,
+      imagesPerSecond: examples / elapsedSeconds,
+      elapsedSeconds,
+      samples: ledger.summary(),
+    };
+    this.reportEpoch(summary, plan.done);
+    return summary;
+  }
+
+  private evaluateOnTestSet(epoch: number): EvaluationResult {
+    const last = epoch === this.options.epochs || this.reachedMaxSteps();
+    if (!this.options.evaluateEveryEpoch && !last) return { loss: Number.NaN, accuracy: Number.NaN, count: 0 };
+    const { test } = this.dataset!;
+    const result = evaluate(this.model!, { images: test.images, labels: test.labels, count: test.count }, 10);
+    this.metrics.testAccuracy.set(result.accuracy);
+    this.metrics.testLoss.set(result.loss);
+    return result;
+  }
+
+  /**
+   * Runs one step: broadcast the weights, hand out the shards, collect and average the
+   * gradients, apply the optimizer once.
+   */
+  private async runStep(epoch: number, ids: Uint32Array, active: WorkerSession[], train: Split): Promise<StepRun> {
+    const startedAt = performance.now();
+    const step = this.stepCount;
+
+    // Broadcast: one weights frame, encoded once, the same bytes for every worker.
+    this.currentWeightsFrame = encodeMessage({ type: 'weights', step, tensors: this.weightTensors() });
+    for (const session of active) session.sendFrame(this.currentWeightsFrame);
+
+    // Scatter: each worker gets its shard in a small message of its own.
+    const run = new StepRun(step, epoch, splitIntoShards(ids, active.length), this.specs, (session, shardIds) =>
+      session.send({ type: 'shard', step, epoch, sampleIds: shardIds, ...this.shardData(train, shardIds) }),
+    );
+    this.currentStep = run;
+    run.assign(active);
+    await this.waitForStep(run);
+    this.currentStep = undefined;
+
+    // Update: the weighted mean gradient, applied once.
+    this.applyUpdate(run.accumulator.average());
+    this.stepCount++;
+    this.metrics.steps.inc();
+    this.metrics.examples.inc(run.accumulator.count);
+    this.metrics.trainLoss.set(run.lossSum / run.accumulator.count);
+    this.metrics.stepDuration.observe((performance.now() - startedAt) / 1000);
+    return run;
+  }
+
+  /** Waits for a step's gradients; when every worker is gone, waits for one to join. */
+  private async waitForStep(run: StepRun): Promise<void> {
+    let settled = false;
+    const finished = run.finished.finally(() => (settled = true));
+    while (!settled) {
+      if (run.hasUnassigned && this.activeSessions().length === 0) {
+        await Promise.race([this.waitForWorkers(1, `to finish step ${run.step}`), finished]);
+        this.admitIntoRunningStep(run);
+      }
+      await Promise.race([finished, new Promise<void>((resolve) => (this.membershipChanged = resolve))]);
+    }
+    await finished;
+  }
+
+  private admitIntoRunningStep(run: StepRun): void {
+    for (const session of this.server.sessions) {
+      if (session.state !== 'waiting') continue;
+      session.transition('admit');
+      session.sendFrame(this.currentWeightsFrame!);
+    }
+    this.metrics.activeWorkers.set(this.activeSessions().length);
+    run.assign(this.activeSessions());
+  }
+
+  private shardData(train: Split, ids: Uint32Array): { images: Uint8Array; labels: Uint8Array } {
+    const pixels = train.rows * train.cols;
+    const images = new Uint8Array(ids.length * pixels);
+    const labels = new Uint8Array(ids.length);
+    ids.forEach((id, i) => {
+      images.set(train.images.subarray(id * pixels, (id + 1) * pixels), i * pixels);
+      labels[i] = train.labels[id];
+    });
+    return { images, labels };
+  }
+
+  private weightTensors(): WireTensor[] {
+    return this.readWeights().map((data, t) => ({ name: this.specs[t].name, shape: this.specs[t].shape, dtype: 'float32', data }));
+  }
+
+  private readWeights(): Float32Array[] {
+    return this.variables.map((variable) => variable.dataSync() as Float32Array);
+  }
+
+  private applyUpdate(gradients: Float32Array[]): void {
+    const named: tf.NamedTensorMap = {};
+    this.variables.forEach((variable, t) => (named[variable.name] = tf.tensor(gradients[t], variable.shape)));
+    this.optimizer!.applyGradients(named);
+    tf.dispose(Object.values(named));
+  }
+
+  // ---------------------------------------------------------------------------
+  // Membership
+
+  private activeSessions(): WorkerSession[] {
+    return [...this.server.sessions].filter((session) => session.state === 'active');
+  }
+
+  /** At a step boundary, admits every worker that passed its self-check since the last one. */
+  private async admitWaitingWorkers(): Promise<WorkerSession[]> {
+    if (this.activeSessions().length === 0) await this.waitForWorkers(1, 'to continue training');
+    for (const session of this.server.sessions) {
+      if (session.state !== 'waiting') continue;
+      session.transition('admit');
+      this.log.info('worker admitted', { workerId: session.workerId, worker: session.workerName, step: this.stepCount });
+    }
+    const active = this.activeSessions();
+    this.metrics.activeWorkers.set(active.length);
+    return active;
+  }
+
+  /** Resolves once `count` workers are ready or active, reporting the wait every few seconds. */
+  private async waitForWorkers(count: number, purpose: string): Promise<void> {
+    const have = () => [...this.server.sessions].filter((s) => s.state === 'waiting' || s.state === 'active').length;
+    const started = Date.now();
+    while (have() < count) {
+      if (this.closed) throw new CoordinatorClosedError('the coordinator was stopped while waiting for workers');
+      this.log.info(`waiting for ${count - have()} more worker(s) ${purpose}`, {
+        ready: have(),
+        needed: count,
+        url: `ws://${this.options.host}:${this.port}`,
+        waitedSeconds: Math.round((Date.now() - started) / 1000),
+      });
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, WAIT_REPORT_INTERVAL_MS);
+        this.membershipChanged = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+  }
+
+  private notifyMembershipChanged(): void {
+    const notify = this.membershipChanged;
+    this.membershipChanged = () => {};
+    notify();
+  }
+
+  // ---------------------------------------------------------------------------
+  // Messages
+
+  private onMessage(session: WorkerSession, message: WorkerMessage): void {
+    try {
+      this.handle(session, message);
+    } catch (error) {
+      if (!(error instanceof ProtocolError)) throw error;
+      this.onRejected(session, error);
+      if (error.code === 'UNEXPECTED_MESSAGE') session.closeWithError(error.code, error.message, CLOSE_CODES.malformedMessage);
+    }
+    this.notifyMembershipChanged();
+  }
+
+  private handle(session: WorkerSession, message: WorkerMessage): void {
+    switch (message.type) {
+      case 'hello':
+        return this.onHello(session, message);
+      case 'ready':
+        session.transition('ready');
+        this.log.info('worker ready', { workerId: session.workerId, worker: session.workerName, selfCheckMs: Math.round(message.selfCheckMs) });
+        return;
+      case 'gradient':
+        return this.onGradient(session, message);
+      case 'error':
+        this.log.error('worker reported an error', { workerId: session.workerId, worker: session.workerName, code: message.code, error: message.message });
+        return;
+    }
+  }
+
+  private onHello(session: WorkerSession, message: Extract<WorkerMessage, { type: 'hello' }>): void {
+    session.transition('hello');
+    session.workerName = message.workerName || session.workerId;
+    session.backend = message.backend;
+    session.gradfleetVersion = message.gradfleetVersion;
+    this.metrics.workerInfo.set({ worker: session.workerName, backend: message.backend, version: message.gradfleetVersion }, 1);
+    this.log.info('worker connected', { workerId: session.workerId, worker: session.workerName, backend: message.backend, version: message.gradfleetVersion });
+    const [rows, cols, channels] = this.model!.inputs[0].shape.slice(1) as number[];
+    session.send({
+      type: 'welcome',
+      protocolVersion: PROTOCOL_VERSION,
+      workerId: session.workerId,
+      modelTopology: modelTopology(this.model!),
+      parameters: this.specs,
+      inputShape: [rows, cols, channels],
+      numClasses: 10,
+    });
+  }
+
+  private onGradient(session: WorkerSession, message: Extract<WorkerMessage, { type: 'gradient' }>): void {
+    const run = this.currentStep;
+    if (!run) throw new ProtocolError('STALE_GRADIENT', `gradient for step ${message.step} rejected: no step is in progress`);
+    let accepted;
+    try {
+      accepted = run.accept(session, message);
+    } finally {
+      run.assign(this.activeSessions());
+    }
+    const labels = { worker: session.workerName };
+    this.metrics.workerCompute.observe(labels, accepted.computeMs / 1000);
+    this.metrics.workerWait.observe(labels, Math.max(0, accepted.roundTripMs - accepted.computeMs) / 1000);
+  }
+
+  private onRejected(session: WorkerSession, error: ProtocolError): void {
+    this.metrics.rejectedMessages.inc({ reason: error.code });
+    this.log.warn('message from worker rejected', { workerId: session.workerId, worker: session.workerName, code: error.code, error: error.message });
+  }
+
+  private onClose(session: WorkerSession, code: number, reason: string): void {
+    if (session.workerName) this.metrics.workerInfo.remove({ worker: session.workerName, backend: session.backend, version: session.gradfleetVersion });
+    if (!this.closed) this.log.warn('worker disconnected', { workerId: session.workerId, worker: session.workerName, code, reason });
+    const run = this.currentStep;
+    if (run) {
+      run.release(session);
+      run.assign(this.activeSessions());
+    }
+    this.metrics.activeWorkers.set(this.activeSessions().length);
+    this.notifyMembershipChanged();
+  }
+
+  // ---------------------------------------------------------------------------
+  // Reporting and shutdown
+
+  private logProgress(epoch: number, steps: number, loss: number, accuracy: number): void {
+    const every = this.options.logEverySteps;
+    if (every > 0 && steps % every === 0) this.log.info('progress', { epoch, step: this.stepCount, loss, accuracy });
+  }
+
+  private reportEpoch(summary: EpochSummary, complete: boolean): void {
+    const width = String(summary.epochs).length;
+    const text =
+      `Epoch ${String(summary.epoch).padStart(width)}/${summary.epochs}${complete ? '' : ' (partial)'}` +
+      ` - ${summary.elapsedSeconds.toFixed(1)}s - ${summary.steps} steps` +
+      ` - loss: ${summary.trainLoss.toFixed(4)} - accuracy: ${summary.trainAccuracy.toFixed(4)}` +
+      ` - test_loss: ${summary.testLoss.toFixed(4)} - test_accuracy: ${summary.testAccuracy.toFixed(4)}` +
+      ` - ${Math.round(summary.imagesPerSecond)} images/s`;
+    this.log.report(text, 'epoch complete', { ...summary, complete });
+  }
+
+  private finishWorkers(): void {
+    for (const session of this.server.sessions) {
+      session.send({ type: 'done', reason: 'training complete' });
+      session.close(CLOSE_CODES.trainingComplete, 'training complete');
+    }
+  }
+
+  /** Releases the servers, the model and the optimizer; safe to call twice. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.currentStep?.abort(new CoordinatorClosedError('the coordinator was stopped during a step'));
+    this.notifyMembershipChanged();
+    await this.server.close();
+    await this.metricsServer.close();
+    this.optimizer?.dispose();
+    this.model?.dispose();
+  }
+}

@@ -1,0 +1,100 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+/** Step and compute times on CPUs range from tens of milliseconds to tens of seconds. */
+const SECONDS_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+/** All metrics of one coordinator, in a registry of its own. */
+export class CoordinatorMetrics {
+  readonly registry = new Registry();
+
+  readonly stepDuration = new Histogram({
+    name: 'gradfleet_step_duration_seconds',
+    help: 'Wall time of one step, from sending the weights to applying the update, in seconds.',
+    buckets: SECONDS_BUCKETS,
+    registers: [this.registry],
+  });
+
+  readonly workerCompute = new Histogram({
+    name: 'gradfleet_worker_compute_seconds',
+    help: 'Time a worker reported spending on computing its shard gradient, in seconds.',
+    labelNames: ['worker'],
+    buckets: SECONDS_BUCKETS,
+    registers: [this.registry],
+  });
+
+  readonly workerWait = new Histogram({
+    name: 'gradfleet_worker_wait_seconds',
+    help: 'Time from sending a shard to receiving its gradient, minus the reported compute time, in seconds (transfer and queueing).',
+    labelNames: ['worker'],
+    buckets: SECONDS_BUCKETS,
+    registers: [this.registry],
+  });
+
+  readonly examples = new Counter({
+    name: 'gradfleet_examples_total',
+    help: 'Training examples whose gradient went into an applied update.',
+    registers: [this.registry],
+  });
+
+  readonly steps = new Counter({
+    name: 'gradfleet_steps_total',
+    help: 'Optimizer updates applied.',
+    registers: [this.registry],
+  });
+
+  readonly epoch = new Gauge({
+    name: 'gradfleet_epoch',
+    help: 'Current epoch, counted from 1.',
+    registers: [this.registry],
+  });
+
+  readonly trainLoss = new Gauge({
+    name: 'gradfleet_train_loss',
+    help: 'Mean training loss (categorical cross-entropy) of the last step.',
+    registers: [this.registry],
+  });
+
+  readonly testAccuracy = new Gauge({
+    name: 'gradfleet_test_accuracy_ratio',
+    help: 'Test accuracy after the last completed epoch, as a ratio from 0 to 1.',
+    registers: [this.registry],
+  });
+
+  readonly testLoss = new Gauge({
+    name: 'gradfleet_test_loss',
+    help: 'Test loss (categorical cross-entropy) after the last completed epoch.',
+    registers: [this.registry],
+  });
+
+  readonly activeWorkers = new Gauge({
+    name: 'gradfleet_active_workers',
+    help: 'Workers taking part in steps.',
+    registers: [this.registry],
+  });
+
+  readonly sentBytes = new Counter({
+    name: 'gradfleet_sent_bytes_total',
+    help: 'Bytes of protocol messages sent to workers.',
+    registers: [this.registry],
+  });
+
+  readonly receivedBytes = new Counter({
+    name: 'gradfleet_received_bytes_total',
+    help: 'Bytes of protocol messages received from workers.',
+    registers: [this.registry],
+  });
+
+  readonly rejectedMessages = new Counter({
+    name: 'gradfleet_rejected_messages_total',
+    help: 'Messages from workers that were rejected, by reason (the protocol error code).',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
+
+  readonly workerInfo = new Gauge({
+    name: 'gradfleet_worker_info',
+    help: 'Set to 1 for each connected worker; the labels carry its backend and gradfleet version.',
+    labelNames: ['worker', 'backend', 'version'],
+    registers: [this.registry],
+  });
+}

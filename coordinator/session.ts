@@ -1,0 +1,74 @@
+import type { WebSocket } from 'ws';
+import { encodeMessage } from '../shared/codec.js';
+import { CLOSE_CODES, type CoordinatorMessage, type ErrorCode } from '../shared/protocol.js';
+
+/**
+ * A worker connection's lifecycle, as the coordinator sees it:
+ * handshaking → (hello) → checking → (ready) → waiting → (step boundary) → active → closed.
+ */
+export type SessionState = 'handshaking' | 'checking' | 'waiting' | 'active' | 'closed';
+
+/** Raised when a session is asked to do something its state does not allow. */
+export class SessionStateError extends Error {
+  constructor(workerId: string, from: SessionState, event: string) {
+    super(`worker ${workerId}: "${event}" is not allowed in state "${from}"`);
+    this.name = 'SessionStateError';
+  }
+}
+
+const TRANSITIONS: Record<string, { from: SessionState[]; to: SessionState }> = {
+  hello: { from: ['handshaking'], to: 'checking' },
+  ready: { from: ['checking'], to: 'waiting' },
+  admit: { from: ['waiting'], to: 'active' },
+};
+
+/** One worker's connection and what the coordinator knows about it. */
+export class WorkerSession {
+  state: SessionState = 'handshaking';
+  workerName = '';
+  backend = '';
+  gradfleetVersion = '';
+
+  constructor(
+    readonly workerId: string,
+    private readonly socket: WebSocket,
+    private readonly countSent: (bytes: number) => void,
+  ) {}
+
+  /** Moves to the state that `event` leads to, or raises if the event is out of order. */
+  transition(event: keyof typeof TRANSITIONS): void {
+    const rule = TRANSITIONS[event];
+    if (!rule.from.includes(this.state)) throw new SessionStateError(this.workerId, this.state, event);
+    this.state = rule.to;
+  }
+
+  send(message: CoordinatorMessage): void {
+    this.sendFrame(encodeMessage(message));
+  }
+
+  /** Sends an already encoded frame, so that one weights buffer can serve every worker. */
+  sendFrame(frame: Buffer): void {
+    if (this.state === 'closed') return;
+    this.socket.send(frame, { binary: true });
+    this.countSent(frame.byteLength);
+  }
+
+  /** Tells the worker why the connection ends, then closes it with `closeCode`. */
+  closeWithError(code: ErrorCode, message: string, closeCode: number): void {
+    if (this.state === 'closed') return;
+    this.send({ type: 'error', code, message });
+    this.close(closeCode, code);
+  }
+
+  close(closeCode: number = CLOSE_CODES.normal, reason = ''): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.socket.close(closeCode, reason.slice(0, 120));
+  }
+
+  /** Ends the connection at once, without a closing handshake. */
+  terminate(): void {
+    this.state = 'closed';
+    this.socket.terminate();
+  }
+}

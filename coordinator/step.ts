@@ -1,0 +1,150 @@
+import type { ParameterSpec } from '../shared/models.js';
+import { ProtocolError, type GradientMessage } from '../shared/protocol.js';
+import { GradientAccumulator } from './accumulator.js';
+import type { WorkerSession } from './session.js';
+
+/** A shard handed to a worker, with when it was sent (for the wait-time metric). */
+export interface Assignment {
+  ids: Uint32Array;
+  sentAtMs: number;
+  /** Times this shard's gradient was rejected as invalid; it is given to another worker each time. */
+  rejections: number;
+}
+
+/** What the coordinator learns from one accepted gradient. */
+export interface AcceptedGradient {
+  session: WorkerSession;
+  count: number;
+  computeMs: number;
+  roundTripMs: number;
+}
+
+/** Stops training when one shard keeps producing invalid gradients on different workers. */
+const MAX_SHARD_REJECTIONS = 3;
+
+/**
+ * One step in flight: the shards not yet handed out, the shards each worker is computing,
+ * and the running weighted sum of the gradients received. A shard whose worker is lost
+ * or whose gradient is invalid goes back to the queue and is given to another worker in
+ * the same step, so the applied update is the one without the failure.
+ */
+export class StepRun {
+  private readonly queue: Assignment[];
+  private readonly assigned = new Map<WorkerSession, Assignment>();
+  readonly accumulator: GradientAccumulator;
+  lossSum = 0;
+  correct = 0;
+  /** Sample ids whose gradients were accepted, in arrival order. */
+  readonly usedIds: Uint32Array[] = [];
+  private settle!: { resolve: () => void; reject: (error: Error) => void };
+  readonly finished: Promise<void>;
+
+  constructor(
+    readonly step: number,
+    readonly epoch: number,
+    shards: Uint32Array[],
+    private readonly specs: ParameterSpec[],
+    private readonly sendShard: (session: WorkerSession, ids: Uint32Array) => void,
+  ) {
+    this.queue = shards.map((ids) => ({ ids, sentAtMs: 0, rejections: 0 }));
+    this.accumulator = new GradientAccumulator(specs);
+    this.finished = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+  }
+
+  /** True when some shard has no worker: the coordinator must find one for it. */
+  get hasUnassigned(): boolean {
+    return this.queue.length > 0;
+  }
+
+  /** Hands queued shards to the given workers that are not computing one already. */
+  assign(sessions: Iterable<WorkerSession>): void {
+    for (const session of sessions) {
+      if (this.queue.length === 0) return;
+      if (this.assigned.has(session) || session.state !== 'active') continue;
+      const assignment = this.queue.shift()!;
+      assignment.sentAtMs = performance.now();
+      this.assigned.set(session, assignment);
+      this.sendShard(session, assignment.ids);
+    }
+  }
+
+  /**
+   * Validates a gradient against the shard its worker was given and adds it to the sum.
+   * Raises a ProtocolError (the worker stays connected) when it cannot be used.
+   */
+  accept(session: WorkerSession, message: GradientMessage): AcceptedGradient {
+    if (message.step !== this.step) {
+      throw new ProtocolError('STALE_GRADIENT', `gradient for step ${message.step} rejected: the coordinator is at step ${this.step}`);
+    }
+    const assignment = this.assigned.get(session);
+    if (!assignment) {
+      throw new ProtocolError('UNEXPECTED_MESSAGE', `gradient for step ${message.step} rejected: worker ${session.workerId} has no shard in this step`);
+    }
+    const problem = this.findProblem(message, assignment);
+    if (problem) {
+      this.assigned.delete(session);
+      this.requeue(assignment);
+      throw new ProtocolError('INVALID_GRADIENT', `gradient for step ${message.step} from worker ${session.workerId} rejected: ${problem}`);
+    }
+    this.assigned.delete(session);
+    this.accumulator.add(
+      message.tensors.map((tensor) => tensor.data),
+      message.count,
+    );
+    this.lossSum += message.loss * message.count;
+    this.correct += message.correct;
+    this.usedIds.push(assignment.ids);
+    this.resolveIfDone();
+    const roundTripMs = performance.now() - assignment.sentAtMs;
+    return { session, count: message.count, computeMs: message.computeMs, roundTripMs };
+  }
+
+  /** Puts a lost worker's shard back in the queue. */
+  release(session: WorkerSession): void {
+    const assignment = this.assigned.get(session);
+    if (!assignment) return;
+    this.assigned.delete(session);
+    this.queue.push(assignment);
+  }
+
+  /** Fails the step, for example when training must stop. */
+  abort(error: Error): void {
+    this.settle.reject(error);
+  }
+
+  private requeue(assignment: Assignment): void {
+    assignment.rejections++;
+    if (assignment.rejections >= MAX_SHARD_REJECTIONS) {
+      this.settle.reject(
+        new Error(
+          `step ${this.step}: the gradient of one shard (${assignment.ids.length} samples) was invalid ${assignment.rejections} times ` +
+            'on different workers; the model has probably diverged: lower --lr and restart',
+        ),
+      );
+      return;
+    }
+    this.queue.push(assignment);
+  }
+
+  private findProblem(message: GradientMessage, assignment: Assignment): string | undefined {
+    if (message.count !== assignment.ids.length) return `count ${message.count} differs from the shard's ${assignment.ids.length} samples`;
+    if (message.correct > message.count) return `correct ${message.correct} exceeds count ${message.count}`;
+    if (message.tensors.length !== this.specs.length) return `${message.tensors.length} tensors, expected ${this.specs.length}`;
+    for (let t = 0; t < this.specs.length; t++) {
+      const spec = this.specs[t];
+      const tensor = message.tensors[t];
+      if (tensor.name !== spec.name) return `tensor ${t} is named "${tensor.name}", expected "${spec.name}"`;
+      if (tensor.shape.join(',') !== spec.shape.join(',')) return `tensor "${spec.name}" has shape [${tensor.shape}], expected [${spec.shape}]`;
+      const data = tensor.data;
+      for (let i = 0; i < data.length; i++) {
+        if (!Number.isFinite(data[i])) return `tensor "${spec.name}" contains a non-finite value (${data[i]}) at index ${i}`;
+      }
+    }
+    if (!Number.isFinite(message.loss)) return `the loss is ${message.loss}`;
+    return undefined;
+  }
+
+  private resolveIfDone(): void {
+    if (this.queue.length === 0 && this.assigned.size === 0) this.settle.resolve();
+  }
+}

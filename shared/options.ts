@@ -1,0 +1,121 @@
+import type { BackendChoice } from './backend.js';
+import type { LogFormat, LogLevel } from './log.js';
+import type { ModelName } from './models.js';
+
+export const OPTIMIZER_NAMES = ['adam', 'sgd'] as const;
+export type OptimizerName = (typeof OPTIMIZER_NAMES)[number];
+
+/** Options every gradfleet process takes. */
+export interface CommonOptions {
+  backend: BackendChoice;
+  logFormat: LogFormat;
+  logLevel: LogLevel;
+}
+
+/** Everything that shapes a coordinator and its training run. */
+export interface CoordinatorOptions extends CommonOptions {
+  /** Address the WebSocket and metrics servers listen on; 0.0.0.0 accepts workers from other hosts. */
+  host: string;
+  /** WebSocket port for workers; 0 picks any free port. */
+  port: number;
+  /** Port of the Prometheus `/metrics` endpoint; 0 picks any free port. */
+  metricsPort: number;
+  /** Workers that must have joined before the first step. */
+  workers: number;
+  model: ModelName;
+  optimizer: OptimizerName;
+  /** Learning rate. */
+  lr: number;
+  /** SGD momentum; 0 is plain SGD. Rejected with Adam, which has its own moments. */
+  momentum: number;
+  /** Global batch per step, split among the active workers; `DEFAULT_BATCH_SIZE` when unset. */
+  batchSize?: number;
+  /** Per-worker batch; when set, the global batch is this × the active workers. */
+  batchSizePerWorker?: number;
+  epochs: number;
+  /** Seeds the initial weights and every epoch's shuffle. */
+  seed: number;
+  /** Folder with the four standard MNIST-format IDX files; the bundled MNIST when unset. */
+  dataDir?: string;
+  /** Use only the first N training images (quick runs and tests). */
+  trainLimit?: number;
+  /** Use only the first N test images. */
+  testLimit?: number;
+  /** Stop after this many steps in total, even in the middle of an epoch. */
+  maxSteps?: number;
+  /** Folder where the trained model is saved in the TensorFlow.js Layers format. */
+  output: string;
+  /** Print a progress line every N steps; 0 prints only the per-epoch lines. */
+  logEverySteps: number;
+  /** Skip the test-set evaluation after each epoch (the last one is always evaluated). */
+  evaluateEveryEpoch: boolean;
+}
+
+export interface WorkerOptions extends CommonOptions {
+  /** The coordinator's WebSocket URL, such as ws://10.0.0.5:7070. */
+  coordinator: string;
+  /** Name shown in the coordinator's logs and metrics. */
+  name: string;
+  /** Address of the worker's metrics server. */
+  metricsHost: string;
+  /** Port of the worker's `/metrics`; 0 picks any free port. */
+  metricsPort: number;
+  /** How long to keep trying to reach the coordinator before giving up, in milliseconds. */
+  connectTimeoutMs: number;
+}
+
+/** The Keras reference's batch, used when neither batch option is given. */
+export const DEFAULT_BATCH_SIZE = 64;
+
+export const COMMON_DEFAULTS: CommonOptions = {
+  backend: 'auto',
+  logFormat: 'text',
+  logLevel: 'info',
+};
+
+export const COORDINATOR_DEFAULTS: CoordinatorOptions = {
+  ...COMMON_DEFAULTS,
+  host: '127.0.0.1',
+  port: 7070,
+  metricsPort: 9400,
+  workers: 2,
+  model: 'cnn',
+  optimizer: 'adam',
+  lr: 0.001,
+  momentum: 0,
+  epochs: 10,
+  seed: 42,
+  output: 'gradfleet-model',
+  logEverySteps: 0,
+  evaluateEveryEpoch: true,
+};
+
+export const WORKER_DEFAULTS: WorkerOptions = {
+  ...COMMON_DEFAULTS,
+  coordinator: 'ws://127.0.0.1:7070',
+  name: '',
+  metricsHost: '127.0.0.1',
+  metricsPort: 9401,
+  connectTimeoutMs: 120_000,
+};
+
+/** Raised for an option value or a combination of options that cannot work. */
+export class OptionError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'OptionError';
+  }
+}
+
+/** Checks the rules between coordinator options that no single option's type captures. */
+export function validateCoordinatorOptions(options: CoordinatorOptions): void {
+  if (options.optimizer === 'adam' && options.momentum !== 0) {
+    throw new OptionError(`--momentum ${options.momentum} applies only to --optimizer sgd; Adam keeps its own moment estimates`);
+  }
+  if (options.batchSizePerWorker !== undefined && options.batchSize !== undefined) {
+    throw new OptionError(
+      `--batch-size ${options.batchSize} and --batch-size-per-worker ${options.batchSizePerWorker} were both given; ` +
+        'pass only one: the global batch, or the batch of each worker',
+    );
+  }
+}

@@ -1,0 +1,142 @@
+/**
+ * The wire protocol between the coordinator and its workers.
+ *
+ * Vocabulary used everywhere in gradfleet:
+ * - A *step* is one synchronous update: every active worker's gradient in, a weighted
+ *   average, one optimizer update, new weights out.
+ * - An *epoch* is one pass over the training set.
+ * - A *shard* is the part of a step's samples given to one worker.
+ *
+ * Every message is one binary WebSocket frame encoded by `shared/codec.ts`. The order
+ * of messages is described in docs/protocol.md.
+ */
+
+/** Bumped whenever a message changes shape; both sides reject a different version. */
+export const PROTOCOL_VERSION = 1;
+
+/** A tensor as it travels: a name, a shape and its float32 values. */
+export interface WireTensor {
+  name: string;
+  shape: number[];
+  dtype: 'float32';
+  data: Float32Array;
+}
+
+/** Worker → coordinator, the first message on a connection. */
+export interface HelloMessage {
+  type: 'hello';
+  protocolVersion: number;
+  workerName: string;
+  backend: string;
+  gradfleetVersion: string;
+}
+
+/** Coordinator → worker, the answer to `hello`: the model to build. */
+export interface WelcomeMessage {
+  type: 'welcome';
+  protocolVersion: number;
+  workerId: string;
+  /** Keras topology JSON, as produced by `LayersModel.toJSON(null, false)`. */
+  modelTopology: object;
+  /** Names and shapes of the trainable weights, in the order gradients must use. */
+  parameters: { name: string; shape: number[] }[];
+  inputShape: number[];
+  numClasses: number;
+}
+
+/** Worker → coordinator: the start-up self-check passed and the worker can take shards. */
+export interface ReadyMessage {
+  type: 'ready';
+  selfCheckMs: number;
+}
+
+/** Coordinator → all workers: the weights every shard of the next step starts from. */
+export interface WeightsMessage {
+  type: 'weights';
+  /** The step whose shards use these weights. */
+  step: number;
+  tensors: WireTensor[];
+}
+
+/** Coordinator → one worker: its shard of a step. */
+export interface ShardMessage {
+  type: 'shard';
+  step: number;
+  epoch: number;
+  /** Indices into the training set; kept so a reply can be checked against the request. */
+  sampleIds: Uint32Array;
+  /** `sampleIds.length` images, each rows×cols unsigned bytes, row-major. */
+  images: Uint8Array;
+  labels: Uint8Array;
+}
+
+/** Worker → coordinator: the gradient of the mean loss over one shard. */
+export interface GradientMessage {
+  type: 'gradient';
+  step: number;
+  /** Number of examples the gradient was averaged over. */
+  count: number;
+  /** Mean loss over the shard, before the update. */
+  loss: number;
+  /** Number of examples whose predicted class matched the label. */
+  correct: number;
+  computeMs: number;
+  tensors: WireTensor[];
+}
+
+/** Either side → the other, just before closing: why the connection ends. */
+export interface ErrorMessage {
+  type: 'error';
+  code: ErrorCode;
+  message: string;
+}
+
+/** Coordinator → workers: training is complete and the worker should exit 0. */
+export interface DoneMessage {
+  type: 'done';
+  reason: string;
+}
+
+export type CoordinatorMessage = WelcomeMessage | WeightsMessage | ShardMessage | ErrorMessage | DoneMessage;
+export type WorkerMessage = HelloMessage | ReadyMessage | GradientMessage | ErrorMessage;
+export type Message = CoordinatorMessage | WorkerMessage;
+
+/**
+ * Stable error codes. They travel in `error` messages and are asserted by tests, so a
+ * code is never renamed or reused for another meaning.
+ */
+export const ERROR_CODES = [
+  'PROTOCOL_VERSION_MISMATCH',
+  'MALFORMED_MESSAGE',
+  'UNEXPECTED_MESSAGE',
+  'INVALID_GRADIENT',
+  'STALE_GRADIENT',
+  'SELF_CHECK_FAILED',
+  'TRAINING_COMPLETE',
+  'COORDINATOR_SHUTDOWN',
+] as const;
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+/**
+ * WebSocket close codes (4000–4999 is the range RFC 6455 leaves to applications).
+ * Codes below 4100 are permanent: a worker closed with one exits instead of reconnecting.
+ */
+export const CLOSE_CODES = {
+  normal: 1000,
+  protocolVersionMismatch: 4001,
+  malformedMessage: 4002,
+  selfCheckFailed: 4003,
+  trainingComplete: 4004,
+  coordinatorShutdown: 4100,
+} as const;
+
+/** An error with a stable code that can be sent to the peer. */
+export class ProtocolError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'ProtocolError';
+  }
+}

@@ -1,0 +1,93 @@
+import { tf } from './backend.js';
+import { trainableVariables } from './models.js';
+
+/** A batch as it travels: images as unsigned bytes, one byte per pixel, and class labels. */
+export interface ByteBatch {
+  images: Uint8Array;
+  labels: Uint8Array;
+  count: number;
+}
+
+export interface GradientResult {
+  /** One array per trainable weight, in `parameterSpecs` order. */
+  gradients: Float32Array[];
+  /** Mean categorical cross-entropy over the batch. */
+  loss: number;
+  /** Examples whose most probable class equals the label. */
+  correct: number;
+}
+
+/**
+ * Keras clips probabilities to [ε, 1 − ε] before the logarithm of categorical
+ * cross-entropy; the same ε keeps the loss equal to the Keras reference.
+ */
+const KERAS_EPSILON = 1e-7;
+
+/** Converts byte images to a float tensor in [0, 1] of shape [count, ...inputShape]. */
+export function imagesToTensor(images: Uint8Array, count: number, inputShape: number[]): tf.Tensor {
+  return tf.tidy(() => tf.tensor(images, [count, ...inputShape], 'int32').toFloat().div(255));
+}
+
+/** Mean categorical cross-entropy of softmax outputs against integer labels. */
+export function crossEntropy(probabilities: tf.Tensor, labels: tf.Tensor1D, numClasses: number): tf.Scalar {
+  return tf.tidy(() => {
+    const oneHot = tf.oneHot(labels, numClasses).toFloat();
+    const clipped = probabilities.clipByValue(KERAS_EPSILON, 1 - KERAS_EPSILON);
+    return oneHot.mul(clipped.log()).sum(-1).neg().mean() as tf.Scalar;
+  });
+}
+
+/**
+ * Computes the gradient of the mean loss over one batch with respect to every trainable
+ * weight. Every tensor made here is disposed before it returns.
+ */
+export function computeGradients(model: tf.LayersModel, batch: ByteBatch, numClasses: number): GradientResult {
+  const inputShape = model.inputs[0].shape.slice(1) as number[];
+  const variables = trainableVariables(model);
+  const x = imagesToTensor(batch.images, batch.count, inputShape);
+  const y = tf.tensor1d(batch.labels, 'int32');
+  let correctTensor: tf.Tensor | undefined;
+  const { value, grads } = tf.variableGrads(() => {
+    const probabilities = model.apply(x, { training: true }) as tf.Tensor;
+    correctTensor = tf.keep(countCorrect(probabilities, y));
+    return crossEntropy(probabilities, y, numClasses);
+  }, variables);
+  const gradients = variables.map((variable) => grads[variable.name].dataSync() as Float32Array);
+  const loss = value.dataSync()[0];
+  const correct = correctTensor!.dataSync()[0];
+  tf.dispose([x, y, value, correctTensor!, ...Object.values(grads)]);
+  return { gradients, loss, correct };
+}
+
+function countCorrect(probabilities: tf.Tensor, labels: tf.Tensor1D): tf.Tensor {
+  return tf.tidy(() => probabilities.argMax(-1).equal(labels).sum());
+}
+
+export interface EvaluationResult {
+  loss: number;
+  accuracy: number;
+  count: number;
+}
+
+/**
+ * Evaluates a model on a byte dataset in chunks, so that memory stays bounded whatever
+ * the dataset's size. The loss is the mean over all examples.
+ */
+export function evaluate(model: tf.LayersModel, data: ByteBatch, numClasses: number, chunkSize = 1000): EvaluationResult {
+  const inputShape = model.inputs[0].shape.slice(1) as number[];
+  const pixels = inputShape.reduce((product, size) => product * size, 1);
+  let lossSum = 0;
+  let correct = 0;
+  for (let start = 0; start < data.count; start += chunkSize) {
+    const count = Math.min(chunkSize, data.count - start);
+    const [chunkLoss, chunkCorrect] = tf.tidy(() => {
+      const x = imagesToTensor(data.images.subarray(start * pixels, (start + count) * pixels), count, inputShape);
+      const y = tf.tensor1d(data.labels.subarray(start, start + count), 'int32');
+      const probabilities = model.predict(x) as tf.Tensor;
+      return [crossEntropy(probabilities, y, numClasses).dataSync()[0], countCorrect(probabilities, y).dataSync()[0]];
+    });
+    lossSum += chunkLoss * count;
+    correct += chunkCorrect;
+  }
+  return { loss: lossSum / data.count, accuracy: correct / data.count, count: data.count };
+}

@@ -1,0 +1,52 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+const SECONDS_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+/** All metrics of one worker, in a registry of its own. */
+export class WorkerMetrics {
+  readonly registry = new Registry();
+
+  readonly compute = new Histogram({
+    name: 'gradfleet_worker_compute_seconds',
+    help: 'Time spent computing one shard gradient, in seconds.',
+    buckets: SECONDS_BUCKETS,
+    registers: [this.registry],
+  });
+
+  readonly examples = new Counter({
+    name: 'gradfleet_examples_total',
+    help: 'Training examples this worker computed gradients for.',
+    registers: [this.registry],
+  });
+
+  readonly shards = new Counter({
+    name: 'gradfleet_shards_total',
+    help: 'Shards this worker computed a gradient for.',
+    registers: [this.registry],
+  });
+
+  readonly sentBytes = new Counter({
+    name: 'gradfleet_sent_bytes_total',
+    help: 'Bytes of protocol messages sent to the coordinator.',
+    registers: [this.registry],
+  });
+
+  readonly receivedBytes = new Counter({
+    name: 'gradfleet_received_bytes_total',
+    help: 'Bytes of protocol messages received from the coordinator.',
+    registers: [this.registry],
+  });
+
+  readonly step = new Gauge({
+    name: 'gradfleet_step',
+    help: 'Last step this worker computed a shard for.',
+    registers: [this.registry],
+  });
+
+  readonly info = new Gauge({
+    name: 'gradfleet_worker_info',
+    help: 'Always 1; the labels carry the worker name, its backend and gradfleet version.',
+    labelNames: ['worker', 'backend', 'version'],
+    registers: [this.registry],
+  });
+}

@@ -1,0 +1,294 @@
+import { hostname } from 'node:os';
+import { WebSocket, type RawData } from 'ws';
+import { tf } from '../shared/backend.js';
+import { decodeCoordinatorMessage, encodeMessage } from '../shared/codec.js';
+import type { Logger } from '../shared/log.js';
+import { MetricsServer } from '../shared/metrics-server.js';
+import { modelFromTopology, trainableVariables } from '../shared/models.js';
+import type { WorkerOptions } from '../shared/options.js';
+import {
+  CLOSE_CODES,
+  PROTOCOL_VERSION,
+  ProtocolError,
+  type CoordinatorMessage,
+  type ShardMessage,
+  type WelcomeMessage,
+  type WeightsMessage,
+  type WorkerMessage,
+} from '../shared/protocol.js';
+import { computeGradients } from '../shared/training.js';
+import { GRADFLEET_VERSION } from '../shared/version.js';
+import { WorkerMetrics } from './metrics.js';
+import { runSelfCheck, SelfCheckError } from './self-check.js';
+
+/**
+ * A worker's lifecycle: connecting → joined (welcome received, self-check passed) →
+ * training (has weights) → done; `reconnecting` after a connection was lost.
+ */
+export type WorkerState = 'connecting' | 'joined' | 'training' | 'reconnecting' | 'done';
+
+/** Raised when the worker must stop for good: a permanent close or a failed self-check. */
+export class WorkerFatalError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'WorkerFatalError';
+  }
+}
+
+/** Close codes after which reconnecting cannot help. */
+const PERMANENT_CLOSE_CODES = new Set<number>([
+  CLOSE_CODES.protocolVersionMismatch,
+  CLOSE_CODES.malformedMessage,
+  CLOSE_CODES.selfCheckFailed,
+]);
+
+/** Reconnect delays grow from 250 ms to 5 s, with up to 50% random jitter. */
+const BACKOFF_START_MS = 250;
+const BACKOFF_MAX_MS = 5_000;
+
+/**
+ * NOTE: a fixed bound until the limit is derived from the model; it is far above the
+ * reference CNN's 0.9 MB weights message.
+ */
+const MAX_PAYLOAD_BYTES = 256 * 1024 * 1024;
+
+/**
+ * A worker: it connects to the coordinator, builds the model it is sent, checks that its
+ * backend can compute the gradient, and then computes the gradient of every shard it
+ * receives with the weights of that step.
+ */
+export class Worker {
+  readonly metrics = new WorkerMetrics();
+  private readonly metricsServer = new MetricsServer(this.metrics.registry);
+  private readonly name: string;
+  state: WorkerState = 'connecting';
+  private socket?: WebSocket;
+  private model?: tf.LayersModel;
+  private variables: tf.Variable[] = [];
+  /** Wire names of the trainable weights, as the coordinator listed them in `welcome`. */
+  private parameterNames: string[] = [];
+  private numClasses = 10;
+  private weightsStep = -1;
+  private stopping = false;
+  private finish!: { resolve: () => void; reject: (error: Error) => void };
+  metricsPort = 0;
+
+  constructor(
+    private readonly options: WorkerOptions,
+    private readonly log: Logger,
+  ) {
+    this.name = options.name || `${hostname()}-${process.pid}`;
+  }
+
+  /** Starts the `/metrics` server and returns its port; `run` calls it when nobody did. */
+  async startMetrics(): Promise<number> {
+    if (!this.metricsPort) this.metricsPort = await this.metricsServer.listen(this.options.metricsHost, this.options.metricsPort);
+    return this.metricsPort;
+  }
+
+  /** Connects and trains until the coordinator says training is complete. */
+  async run(): Promise<void> {
+    await this.startMetrics();
+    this.metrics.info.set({ worker: this.name, backend: tf.getBackend(), version: GRADFLEET_VERSION }, 1);
+    this.log.info('worker starting', {
+      worker: this.name,
+      coordinator: this.options.coordinator,
+      backend: tf.getBackend(),
+      metrics: `http://${this.options.metricsHost}:${this.metricsPort}/metrics`,
+    });
+    const done = new Promise<void>((resolve, reject) => (this.finish = { resolve, reject }));
+    void this.connectWithRetry();
+    return done;
+  }
+
+  private async connectWithRetry(): Promise<void> {
+    const deadline = Date.now() + this.options.connectTimeoutMs;
+    let delay = BACKOFF_START_MS;
+    for (let attempt = 1; !this.stopping; attempt++) {
+      const error = await this.connectOnce();
+      if (!error) return;
+      if (Date.now() >= deadline) {
+        this.fail(new WorkerFatalError(`cannot reach the coordinator at ${this.options.coordinator} after ${attempt} attempts: ${error.message}; check --coordinator and that the coordinator is running`));
+        return;
+      }
+      if (attempt === 1 || attempt % 10 === 0) {
+        this.log.info('waiting for the coordinator', { url: this.options.coordinator, attempt, error: error.message });
+      }
+      await new Promise((resolve) => setTimeout(resolve, delay * (1 + Math.random() * 0.5)));
+      delay = Math.min(delay * 2, BACKOFF_MAX_MS);
+    }
+  }
+
+  /** Opens one connection; resolves with the error if it could not be opened. */
+  private connectOnce(): Promise<Error | undefined> {
+    return new Promise((resolve) => {
+      const socket = new WebSocket(this.options.coordinator, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false });
+      socket.once('open', () => {
+        this.socket = socket;
+        this.attach(socket);
+        this.send({ type: 'hello', protocolVersion: PROTOCOL_VERSION, workerName: this.name, backend: tf.getBackend(), gradfleetVersion: GRADFLEET_VERSION });
+        resolve(undefined);
+      });
+      socket.once('error', (error) => {
+        if (socket.readyState !== WebSocket.OPEN) resolve(error);
+      });
+    });
+  }
+
+  private attach(socket: WebSocket): void {
+    socket.on('message', (data: RawData) => {
+      const frame = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
+      this.metrics.receivedBytes.inc(frame.byteLength);
+      this.receive(frame).catch((error: Error) => this.fail(error));
+    });
+    socket.on('close', (code: number, reason: Buffer) => this.onClose(code, reason.toString()));
+    socket.on('error', (error: Error) => this.log.warn('connection error', { url: this.options.coordinator, error: error.message }));
+  }
+
+  private async receive(frame: Buffer): Promise<void> {
+    let message: CoordinatorMessage;
+    try {
+      message = decodeCoordinatorMessage(frame);
+    } catch (error) {
+      if (!(error instanceof ProtocolError)) throw error;
+      this.log.error('message from the coordinator rejected', { code: error.code, error: error.message });
+      this.send({ type: 'error', code: error.code, message: error.message });
+      this.socket?.close(error.code === 'PROTOCOL_VERSION_MISMATCH' ? CLOSE_CODES.protocolVersionMismatch : CLOSE_CODES.malformedMessage);
+      this.fail(new WorkerFatalError(error.message));
+      return;
+    }
+    await this.handle(message);
+  }
+
+  private async handle(message: CoordinatorMessage): Promise<void> {
+    switch (message.type) {
+      case 'welcome':
+        return this.onWelcome(message);
+      case 'weights':
+        return this.onWeights(message);
+      case 'shard':
+        return this.onShard(message);
+      case 'done':
+        this.log.info('training complete', { reason: message.reason });
+        this.state = 'done';
+        return;
+      case 'error':
+        this.log.error('coordinator reported an error', { code: message.code, error: message.message });
+        return;
+    }
+  }
+
+  private async onWelcome(message: WelcomeMessage): Promise<void> {
+    this.disposeModel();
+    this.model = await modelFromTopology(message.modelTopology);
+    this.variables = trainableVariables(this.model);
+    this.numClasses = message.numClasses;
+    this.parameterNames = message.parameters.map((parameter) => parameter.name);
+    this.checkParameters(message);
+    let selfCheckMs: number;
+    try {
+      selfCheckMs = runSelfCheck(this.model, this.numClasses);
+    } catch (error) {
+      if (!(error instanceof SelfCheckError)) throw error;
+      this.send({ type: 'error', code: 'SELF_CHECK_FAILED', message: error.message });
+      this.socket?.close(CLOSE_CODES.selfCheckFailed, 'self-check failed');
+      this.fail(new WorkerFatalError(error.message));
+      return;
+    }
+    this.state = 'joined';
+    this.log.info('joined', { workerId: message.workerId, selfCheckMs: Math.round(selfCheckMs) });
+    this.send({ type: 'ready', selfCheckMs });
+  }
+
+  private checkParameters(message: WelcomeMessage): void {
+    const shapes = this.variables.map((variable) => variable.shape.join('x')).join(',');
+    const expected = message.parameters.map((parameter) => parameter.shape.join('x')).join(',');
+    if (shapes !== expected) {
+      throw new WorkerFatalError(`the model built from the coordinator's topology has weight shapes ${shapes}, but the coordinator lists ${expected}`);
+    }
+  }
+
+  private onWeights(message: WeightsMessage): void {
+    if (message.tensors.length !== this.variables.length) {
+      throw new WorkerFatalError(`weights for step ${message.step} carry ${message.tensors.length} tensors; the model has ${this.variables.length}`);
+    }
+    message.tensors.forEach((tensor, t) => {
+      const variable = this.variables[t];
+      if (tensor.shape.join(',') !== variable.shape.join(',')) {
+        throw new WorkerFatalError(`weights for step ${message.step}: tensor "${tensor.name}" has shape [${tensor.shape}], the model expects [${variable.shape}]`);
+      }
+      tf.tidy(() => variable.assign(tf.tensor(tensor.data, variable.shape, 'float32')));
+    });
+    this.weightsStep = message.step;
+    this.state = 'training';
+  }
+
+  private onShard(message: ShardMessage): void {
+    if (message.step !== this.weightsStep) {
+      this.log.warn('shard skipped: no weights for its step', { step: message.step, weightsStep: this.weightsStep });
+      return;
+    }
+    const started = performance.now();
+    const count = message.sampleIds.length;
+    const result = computeGradients(this.model!, { images: message.images, labels: message.labels, count }, this.numClasses);
+    const computeMs = performance.now() - started;
+    const tensors = result.gradients.map((data, t) => ({
+      name: this.parameterNames[t],
+      shape: this.variables[t].shape,
+      dtype: 'float32' as const,
+      data,
+    }));
+    this.send({ type: 'gradient', step: message.step, count, loss: result.loss, correct: result.correct, computeMs, tensors });
+    this.metrics.compute.observe(computeMs / 1000);
+    this.metrics.examples.inc(count);
+    this.metrics.shards.inc();
+    this.metrics.step.set(message.step);
+  }
+
+  private send(message: WorkerMessage): void {
+    const socket = this.socket;
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    const frame = encodeMessage(message);
+    socket.send(frame, { binary: true });
+    this.metrics.sentBytes.inc(frame.byteLength);
+  }
+
+  private onClose(code: number, reason: string): void {
+    this.socket = undefined;
+    if (this.stopping) return;
+    if (this.state === 'done' || code === CLOSE_CODES.trainingComplete) {
+      this.state = 'done';
+      this.finish.resolve();
+      return;
+    }
+    if (PERMANENT_CLOSE_CODES.has(code)) {
+      this.fail(new WorkerFatalError(`the coordinator closed the connection for good (code ${code}${reason ? `: ${reason}` : ''})`));
+      return;
+    }
+    this.log.warn('connection to the coordinator lost; reconnecting', { code, reason });
+    this.state = 'reconnecting';
+    void this.connectWithRetry();
+  }
+
+  private fail(error: Error): void {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.socket?.terminate();
+    this.finish.reject(error);
+  }
+
+  private disposeModel(): void {
+    this.model?.dispose();
+    this.model = undefined;
+    this.variables = [];
+  }
+
+  /** Closes the connection, the metrics server and the model; safe to call twice. */
+  async close(): Promise<void> {
+    this.stopping = true;
+    this.socket?.terminate();
+    this.socket = undefined;
+    await this.metricsServer.close();
+    this.disposeModel();
+  }
+}
