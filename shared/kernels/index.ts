@@ -3,6 +3,7 @@ import '@tensorflow/tfjs-backend-wasm';
 import { createBatchMatMulConfig } from './batch-mat-mul.js';
 import { conv2DBackpropFilterConfig } from './conv2d-backprop-filter.js';
 import { conv2DBackpropInputConfig } from './conv2d-backprop-input.js';
+import { createIdentityConfig } from './identity.js';
 import { maxPoolGradConfig } from './max-pool-grad.js';
 import { createSumConfig } from './sum.js';
 
@@ -19,6 +20,7 @@ const REPLACEMENTS: readonly tf.KernelConfig[] = [
 const WRAPPERS: ReadonlyArray<readonly [string, (original: tf.KernelConfig) => tf.KernelConfig]> = [
   ['BatchMatMul', createBatchMatMulConfig],
   ['Sum', createSumConfig],
+  ['Identity', createIdentityConfig],
 ];
 
 /** Names of the wasm kernels that gradfleet replaces, adds or wraps. */

@@ -324,6 +324,23 @@ describe('Sum on wasm', () => {
   });
 });
 
+describe('Identity on wasm', () => {
+  it('shares memory until both copies are disposed', async () => {
+    await tf.setBackend('wasm');
+    const backend = tf.backend() as BackendWasm;
+    const dataIdsBefore = backend.numDataIds();
+    const original = tf.tensor2d([1, 2, 3, 4, 5, 6], [2, 3]);
+    const clone = tf.clone(original);
+    expect(backend.numDataIds()).toBe(dataIdsBefore + 1);
+
+    original.dispose();
+    expect(Array.from(clone.dataSync())).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(clone.shape).toEqual([2, 3]);
+    clone.dispose();
+    expect(backend.numDataIds()).toBe(dataIdsBefore);
+  });
+});
+
 /** Runs a kernel on wasm expecting it to throw, and returns what it threw. */
 function thrownBy(kernelName: string, inputs: Record<string, tf.Tensor>, attrs: object): unknown {
   try {
