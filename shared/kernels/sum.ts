@@ -5,7 +5,7 @@ import { float32View } from './wasm-ops.js';
 
 const KERNEL = 'Sum';
 
-/** Number of leading axes reduced, or -1 unless the axes are exactly 0..k-1 with k < rank. */
+/** Returns the number of leading axes reduced, or -1 unless the axes are exactly 0..k-1 with k < rank. */
 function leadingReducedAxes(shape: number[], axis: number | number[]): number {
   const axes = [...new Set(tf.util.parseAxisParam(axis, shape))].sort((p, q) => p - q);
   const isPrefix = axes.every((value, index) => value === index);
