@@ -42,7 +42,9 @@ await yargs(hideBin(process.argv))
   .wrap(Math.min(110, process.stdout.columns || 110))
   .epilogue('Every option can also be set by a GRADFLEET_* environment variable, such as GRADFLEET_EPOCHS=3.')
   .fail((message, error) => {
-    if (error && !(error instanceof UsageError) && error.name !== 'OptionError') {
+    // yargs rethrows errors from coerce functions as a YError carrying the same message.
+    const usage = !error || error instanceof UsageError || error.name === 'OptionError' || error.name === 'YError';
+    if (!usage) {
       reportFailure(error);
       process.exit(EXIT.failed);
     }

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import { tf } from '../shared/backend.js';
 import { encodeMessage } from '../shared/codec.js';
 import { loadDataset, type Dataset, type Split } from '../shared/data/dataset.js';
@@ -13,6 +14,7 @@ import { EpochPlan, SampleLedger, splitIntoShards } from './plan.js';
 import { CoordinatorServer } from './server.js';
 import type { WorkerSession } from './session.js';
 import { StepRun } from './step.js';
+import { makeOptimizer, type Optimizer } from './optimizer.js';
 
 /** One line of the per-epoch report, as Keras fit() prints it. */
 export interface EpochSummary {
@@ -45,6 +47,12 @@ export class CoordinatorClosedError extends Error {
   }
 }
 
+/** Events a coordinator emits, for embedding programs and tests. */
+export interface CoordinatorEvents {
+  /** After each applied update; `step` counts from 0. */
+  step: [{ step: number; epoch: number; examples: number; loss: number }];
+}
+
 /** How often a long wait for workers is reported, in milliseconds. */
 const WAIT_REPORT_INTERVAL_MS = 10_000;
 
@@ -53,7 +61,7 @@ const WAIT_REPORT_INTERVAL_MS = 10_000;
  * ledger. It plans every epoch, hands shards to workers, averages their gradients,
  * applies the optimizer once per step and broadcasts the new weights.
  */
-export class Coordinator {
+export class Coordinator extends EventEmitter<CoordinatorEvents> {
   readonly metrics = new CoordinatorMetrics();
   private readonly metricsServer = new MetricsServer(this.metrics.registry);
   private readonly server: CoordinatorServer;
@@ -61,7 +69,9 @@ export class Coordinator {
   private model?: tf.LayersModel;
   private variables: tf.Variable[] = [];
   private specs: ParameterSpec[] = [];
-  private optimizer?: tf.Optimizer;
+  /** The weights being trained, in `specs` order; the model's variables are synced from them only to evaluate and save. */
+  private weights: Float32Array[] = [];
+  private optimizer?: Optimizer;
   private currentStep?: StepRun;
   private currentWeightsFrame?: Buffer;
   private membershipChanged: () => void = () => {};
@@ -75,6 +85,7 @@ export class Coordinator {
     private readonly log: Logger,
     dataset?: Dataset,
   ) {
+    super();
     validateCoordinatorOptions(options);
     this.dataset = dataset;
     this.server = new CoordinatorServer(
@@ -101,7 +112,8 @@ export class Coordinator {
     this.model = buildModel(this.options.model, shape, this.options.seed);
     this.variables = trainableVariables(this.model);
     this.specs = parameterSpecs(this.model);
-    this.optimizer = this.makeOptimizer();
+    this.weights = this.variables.map((variable) => Float32Array.from(variable.dataSync() as Float32Array));
+    this.optimizer = makeOptimizer({ name: this.options.optimizer, lr: this.options.lr, momentum: this.options.momentum });
     this.port = await this.server.listen(this.options.host, this.options.port, this.maxPayloadBytes(train));
     this.metricsPort = await this.metricsServer.listen(this.options.host, this.options.metricsPort);
     this.log.info('coordinator listening', {
@@ -118,12 +130,6 @@ export class Coordinator {
       epochs: this.options.epochs,
       backend: tf.getBackend(),
     });
-  }
-
-  private makeOptimizer(): tf.Optimizer {
-    const { optimizer, lr, momentum } = this.options;
-    if (optimizer === 'adam') return tf.train.adam(lr);
-    return momentum > 0 ? tf.train.momentum(lr, momentum) : tf.train.sgd(lr);
   }
 
   /**
@@ -149,6 +155,7 @@ export class Coordinator {
     for (let epoch = 1; epoch <= this.options.epochs && !this.reachedMaxSteps(); epoch++) {
       epochs.push(await this.runEpoch(epoch, train));
     }
+    this.syncModel();
     await saveModel(this.model!, this.options.output);
     this.log.info('training complete; model saved', { output: this.options.output, steps: this.stepCount });
     this.finishWorkers();
@@ -201,6 +208,7 @@ export class Coordinator {
     const last = epoch === this.options.epochs || this.reachedMaxSteps();
     if (!this.options.evaluateEveryEpoch && !last) return { loss: Number.NaN, accuracy: Number.NaN, count: 0 };
     const { test } = this.dataset!;
+    this.syncModel();
     const result = evaluate(this.model!, { images: test.images, labels: test.labels, count: test.count }, 10);
     this.metrics.testAccuracy.set(result.accuracy);
     this.metrics.testLoss.set(result.loss);
@@ -216,7 +224,7 @@ export class Coordinator {
     const step = this.stepCount;
 
     // Broadcast: one weights frame, encoded once, the same bytes for every worker.
-    this.currentWeightsFrame = encodeMessage({ type: 'weights', step, tensors: this.weightTensors() });
+    this.currentWeightsFrame = encodeMessage({ type: 'weights', step, tensors: this.weightTensors(this.weights) });
     for (const session of active) session.sendFrame(this.currentWeightsFrame);
 
     // Scatter: each worker gets its shard in a small message of its own.
@@ -229,12 +237,13 @@ export class Coordinator {
     this.currentStep = undefined;
 
     // Update: the weighted mean gradient, applied once.
-    this.applyUpdate(run.accumulator.average());
+    this.optimizer!.apply(this.weights, run.accumulator.average());
     this.stepCount++;
     this.metrics.steps.inc();
     this.metrics.examples.inc(run.accumulator.count);
     this.metrics.trainLoss.set(run.lossSum / run.accumulator.count);
     this.metrics.stepDuration.observe((performance.now() - startedAt) / 1000);
+    this.emit('step', { step, epoch, examples: run.accumulator.count, loss: run.lossSum / run.accumulator.count });
     return run;
   }
 
@@ -273,19 +282,17 @@ export class Coordinator {
     return { images, labels };
   }
 
-  private weightTensors(): WireTensor[] {
-    return this.readWeights().map((data, t) => ({ name: this.specs[t].name, shape: this.specs[t].shape, dtype: 'float32', data }));
+  private weightTensors(weights: Float32Array[]): WireTensor[] {
+    return weights.map((data, t) => ({ name: this.specs[t].name, shape: this.specs[t].shape, dtype: 'float32', data }));
   }
 
   private readWeights(): Float32Array[] {
-    return this.variables.map((variable) => variable.dataSync() as Float32Array);
+    return this.weights.map((weight) => weight.slice());
   }
 
-  private applyUpdate(gradients: Float32Array[]): void {
-    const named: tf.NamedTensorMap = {};
-    this.variables.forEach((variable, t) => (named[variable.name] = tf.tensor(gradients[t], variable.shape)));
-    this.optimizer!.applyGradients(named);
-    tf.dispose(Object.values(named));
+  /** Copies the trained weights into the tfjs model, before it evaluates or is saved. */
+  private syncModel(): void {
+    this.variables.forEach((variable, t) => tf.tidy(() => variable.assign(tf.tensor(this.weights[t], variable.shape, 'float32'))));
   }
 
   // ---------------------------------------------------------------------------
@@ -450,7 +457,6 @@ export class Coordinator {
     this.notifyMembershipChanged();
     await this.server.close();
     await this.metricsServer.close();
-    this.optimizer?.dispose();
     this.model?.dispose();
   }
 }
