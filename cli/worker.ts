@@ -1,5 +1,6 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
 import type { WorkerOptions } from '../shared/options.js';
+import { dropKernelForTests } from '../worker/self-check.js';
 import { Worker } from '../worker/worker.js';
 import { closeOnSignals, EXIT, UsageError, makeLogger, startBackend } from './common.js';
 import { COMMON_OPTIONS, WORKER_OPTIONS } from './options.js';
@@ -19,6 +20,7 @@ export function builder(yargs: Argv): Argv {
 export async function runWorker(options: WorkerOptions): Promise<number> {
   const log = makeLogger(options, options.name || 'worker');
   await startBackend(options, log);
+  dropKernelForTests();
   const worker = new Worker(options, log);
   closeOnSignals(() => worker.close(), log);
   try {

@@ -7,8 +7,10 @@ import type { WorkerSession } from './session.js';
 export interface Assignment {
   ids: Uint32Array;
   sentAtMs: number;
-  /** Times this shard's gradient was rejected as invalid; it is given to another worker each time. */
+  /** Times this shard's gradient was rejected as invalid. */
   rejections: number;
+  /** Workers whose gradient for this shard was rejected; another worker gets it when one is free. */
+  rejectedBy: Set<WorkerSession>;
 }
 
 /** What the coordinator learns from one accepted gradient. */
@@ -46,7 +48,7 @@ export class StepRun {
     private readonly specs: ParameterSpec[],
     private readonly sendShard: (session: WorkerSession, ids: Uint32Array) => void,
   ) {
-    this.queue = shards.map((ids) => ({ ids, sentAtMs: 0, rejections: 0 }));
+    this.queue = shards.map((ids) => ({ ids, sentAtMs: 0, rejections: 0, rejectedBy: new Set() }));
     this.accumulator = new GradientAccumulator(specs);
     this.finished = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
   }
@@ -56,12 +58,20 @@ export class StepRun {
     return this.queue.length > 0;
   }
 
-  /** Hands queued shards to the given workers that are not computing one already. */
+  /**
+   * Hands queued shards to the given workers that are not computing one already. A shard
+   * whose gradient a worker got wrong goes to another worker, and back to the same one
+   * only when every given worker has got it wrong.
+   */
   assign(sessions: Iterable<WorkerSession>): void {
-    for (const session of sessions) {
-      if (this.queue.length === 0) return;
-      if (this.assigned.has(session) || session.state !== 'active') continue;
-      const assignment = this.queue.shift()!;
+    const candidates = [...sessions].filter((session) => session.state === 'active');
+    for (const assignment of [...this.queue]) {
+      const idle = candidates.filter((session) => !this.assigned.has(session));
+      const fresh = idle.filter((session) => !assignment.rejectedBy.has(session));
+      const everyoneRejected = candidates.every((session) => assignment.rejectedBy.has(session));
+      const session = fresh[0] ?? (everyoneRejected ? idle[0] : undefined);
+      if (!session) continue;
+      this.queue.splice(this.queue.indexOf(assignment), 1);
       assignment.sentAtMs = performance.now();
       this.assigned.set(session, assignment);
       this.sendShard(session, assignment.ids);
@@ -83,6 +93,7 @@ export class StepRun {
     const problem = this.findProblem(message, assignment);
     if (problem) {
       this.assigned.delete(session);
+      assignment.rejectedBy.add(session);
       this.requeue(assignment);
       throw new ProtocolError('INVALID_GRADIENT', `gradient for step ${message.step} from worker ${session.workerId} rejected: ${problem}`);
     }

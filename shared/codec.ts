@@ -229,7 +229,9 @@ function validateWelcome(fields: Fields): Message {
 
 function validateShard(fields: Fields): Message {
   const type = 'shard';
-  const sampleIds = uint32FromBytes(requireBytes(fields, type, 'sampleIds'));
+  const idBytes = requireBytes(fields, type, 'sampleIds');
+  if (idBytes.byteLength % 4 !== 0) throw malformed(type, `field "sampleIds" holds ${idBytes.byteLength} bytes, not a whole number of uint32 ids`);
+  const sampleIds = uint32FromBytes(idBytes);
   const images = requireBytes(fields, type, 'images');
   const labels = requireBytes(fields, type, 'labels');
   const count = sampleIds.length;

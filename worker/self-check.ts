@@ -41,3 +41,13 @@ export function runSelfCheck(model: tf.LayersModel, numClasses: number): number 
   }
   return performance.now() - started;
 }
+
+/**
+ * Test hook: unregisters the kernel named by TEST_GRADFLEET_DROP_KERNEL from the active
+ * backend, so that tests can watch the self-check fail as it would on a backend that
+ * lacks the kernel. Unset in normal use.
+ */
+export function dropKernelForTests(): void {
+  const kernel = process.env.TEST_GRADFLEET_DROP_KERNEL;
+  if (kernel && tf.getKernel(kernel, tf.getBackend())) tf.unregisterKernel(kernel, tf.getBackend());
+}
