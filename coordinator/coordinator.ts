@@ -12,7 +12,7 @@ import { evaluate, type EvaluationResult } from '../shared/training.js';
 import { CoordinatorMetrics } from './metrics.js';
 import { EpochPlan, SampleLedger, splitIntoShards } from './plan.js';
 import { CoordinatorServer } from './server.js';
-import type { WorkerSession } from './session.js';
+import { SessionStateError, type WorkerSession } from './session.js';
 import { StepRun } from './step.js';
 import { makeOptimizer, type Optimizer } from './optimizer.js';
 
@@ -315,18 +315,27 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     return active;
   }
 
-  /** Resolves once `count` workers are ready or active, reporting the wait every few seconds. */
+  /**
+   * Resolves once `count` workers are ready or active. The wait is logged when it starts,
+   * when the number of ready workers changes, and every WAIT_REPORT_INTERVAL_MS.
+   */
   private async waitForWorkers(count: number, purpose: string): Promise<void> {
     const have = () => [...this.server.sessions].filter((s) => s.state === 'waiting' || s.state === 'active').length;
     const started = Date.now();
+    let reported = -1;
+    let reportedAt = 0;
     while (have() < count) {
       if (this.closed) throw new CoordinatorClosedError('the coordinator was stopped while waiting for workers');
-      this.log.info(`waiting for ${count - have()} more worker(s) ${purpose}`, {
-        ready: have(),
-        needed: count,
-        url: `ws://${this.options.host}:${this.port}`,
-        waitedSeconds: Math.round((Date.now() - started) / 1000),
-      });
+      if (have() !== reported || Date.now() - reportedAt >= WAIT_REPORT_INTERVAL_MS) {
+        reported = have();
+        reportedAt = Date.now();
+        this.log.info(`waiting for ${count - reported} more worker(s) ${purpose}`, {
+          ready: reported,
+          needed: count,
+          url: `ws://${this.options.host}:${this.port}`,
+          waitedSeconds: Math.round((Date.now() - started) / 1000),
+        });
+      }
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, WAIT_REPORT_INTERVAL_MS);
         this.membershipChanged = () => {
@@ -349,7 +358,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private onMessage(session: WorkerSession, message: WorkerMessage): void {
     try {
       this.handle(session, message);
-    } catch (error) {
+    } catch (caught) {
+      const error = caught instanceof SessionStateError ? new ProtocolError('UNEXPECTED_MESSAGE', `unexpected "${message.type}" message: ${caught.message}`) : caught;
       if (!(error instanceof ProtocolError)) throw error;
       this.onRejected(session, error);
       if (error.code === 'UNEXPECTED_MESSAGE') session.closeWithError(error.code, error.message, CLOSE_CODES.malformedMessage);
