@@ -22,7 +22,7 @@ export function makeLogger(args: CommonArguments, name: string): Logger {
   return new Logger({ format: args.logFormat, level: args.logLevel, name });
 }
 
-/** Activates the requested backend and says once, at start-up, when `auto` fell back. */
+/** Activates the requested backend and logs once, at start-up, why `auto` fell back. */
 export async function startBackend(args: CommonArguments, log: Logger): Promise<string> {
   const selection = await selectBackend(args.backend);
   if (selection.fallbackReason) log.info(`using backend "wasm": ${selection.fallbackReason}`);

@@ -12,7 +12,7 @@ export function builder(yargs: Argv): Argv {
   return yargs.options({ ...COORDINATOR_OPTIONS, ...COMMON_OPTIONS });
 }
 
-/** What a child reports over its IPC channel once its servers listen. */
+/** Report a child sends over its IPC channel once its servers listen. */
 interface ListeningReport {
   type: 'listening';
   port?: number;
@@ -131,7 +131,7 @@ export async function handler(args: ArgumentsCamelCase): Promise<void> {
 
   const status = await coordinatorExit;
   if (status !== 0) log.error('the coordinator failed; stopping the workers', { status });
-  // Workers exit by themselves once the coordinator says training is complete.
+  // Workers exit by themselves once the coordinator sends `done`.
   const stragglers = setTimeout(() => void group.stopAll(), STOP_GRACE_MS);
   await Promise.all([...group.children.values()].map(waitForExit));
   clearTimeout(stragglers);

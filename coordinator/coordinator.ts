@@ -133,8 +133,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   /**
-   * The largest message a worker may send: one gradient message, which has the size of
-   * a weights message. 64 KiB covers the names, shapes and msgpack framing.
+   * Returns the largest message a worker may send, in bytes: a gradient message has the
+   * size of a weights message, and 64 KiB covers its names, shapes and msgpack framing.
    */
   private maxPayloadBytes(train: Split): number {
     const parameterCount = this.specs.reduce((sum, spec) => sum + spec.shape.reduce((a, b) => a * b, 1), 0);
@@ -147,7 +147,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     return perWorker !== undefined ? perWorker * activeWorkers : (this.options.batchSize ?? DEFAULT_BATCH_SIZE);
   }
 
-  /** Trains to completion, saves the model and tells every worker that training is done. */
+  /** Trains to completion, saves the model and sends `done` to every worker. */
   async run(): Promise<TrainingResult> {
     const train = this.dataset!.train;
     const epochs: EpochSummary[] = [];
@@ -175,6 +175,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     let correct = 0;
     let examples = 0;
     let steps = 0;
+
     while (!plan.done && !this.reachedMaxSteps()) {
       const active = await this.admitWaitingWorkers();
       const ids = plan.take(this.globalBatchSize(active.length));
@@ -186,6 +187,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       steps++;
       this.logProgress(epoch, steps, lossSum / examples, correct / examples);
     }
+
     const elapsedSeconds = (performance.now() - started) / 1000;
     const test = this.evaluateOnTestSet(epoch);
     const summary: EpochSummary = {

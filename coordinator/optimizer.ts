@@ -1,10 +1,9 @@
 import type { OptimizerName } from '../shared/options.js';
 
 /**
- * Optimizers applied by the coordinator to plain float32 weight arrays. They run in plain
- * JavaScript because one step's update touches each weight once: tfjs would launch about
- * ten kernels per weight tensor, which on the wasm backend took 22 ms per step for the
- * reference CNN against about 2 ms here. Each optimizer's state is plain arrays, so that
+ * Optimizers applied by the coordinator to plain float32 weight arrays. tfjs launches
+ * about ten kernels per weight tensor for one Adam update. On the wasm backend that took
+ * 22 ms per step for the reference CNN, and this plain JavaScript loop takes about 2 ms. Each optimizer's state is plain arrays, so that
  * it can be saved and restored exactly.
  */
 export interface Optimizer {

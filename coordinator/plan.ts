@@ -1,6 +1,6 @@
 /**
  * The epoch plan: the order in which an epoch visits the training samples, and the
- * ledger that proves every sample was used exactly once.
+ * ledger that counts how often each sample went into an applied update.
  */
 
 /**

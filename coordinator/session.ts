@@ -3,7 +3,7 @@ import { encodeMessage } from '../shared/codec.js';
 import { CLOSE_CODES, type CoordinatorMessage, type ErrorCode } from '../shared/protocol.js';
 
 /**
- * A worker connection's lifecycle, as the coordinator sees it:
+ * A worker connection's lifecycle, as tracked by the coordinator:
  * handshaking → (hello) → checking → (ready) → waiting → (step boundary) → active → closed.
  */
 export type SessionState = 'handshaking' | 'checking' | 'waiting' | 'active' | 'closed';
@@ -22,7 +22,7 @@ const TRANSITIONS: Record<string, { from: SessionState[]; to: SessionState }> = 
   admit: { from: ['waiting'], to: 'active' },
 };
 
-/** One worker's connection and what the coordinator knows about it. */
+/** One worker's connection and the coordinator's record of it. */
 export class WorkerSession {
   state: SessionState = 'handshaking';
   workerName = '';

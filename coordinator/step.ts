@@ -13,7 +13,7 @@ export interface Assignment {
   rejectedBy: Set<WorkerSession>;
 }
 
-/** What the coordinator learns from one accepted gradient. */
+/** Size and timing of one accepted gradient. */
 export interface AcceptedGradient {
   session: WorkerSession;
   count: number;

@@ -23,7 +23,7 @@ export class BackendUnavailableError extends Error {
 
 export interface BackendSelection {
   name: BackendName;
-  /** Set when `auto` fell back from a faster backend; says why, for one start-up log line. */
+  /** Reason `auto` fell back from a faster backend, for one start-up log line. */
   fallbackReason?: string;
 }
 

@@ -72,8 +72,8 @@ function bytesOf(array: Float32Array | Uint32Array): Uint8Array {
 
 /**
  * Views little-endian float32 bytes as a Float32Array. A Float32Array must start at a
- * multiple of 4 bytes, and msgpack places binary data at any offset, so misaligned
- * bytes are copied; aligned ones are viewed without a copy.
+ * multiple of 4 bytes, but msgpack places binary data at any offset. So misaligned bytes
+ * are copied, and aligned ones are viewed without a copy.
  */
 export function float32FromBytes(bytes: Uint8Array): Float32Array {
   if (bytes.byteOffset % 4 === 0) {
@@ -230,7 +230,7 @@ function validateWelcome(fields: Fields): Message {
 function validateShard(fields: Fields): Message {
   const type = 'shard';
   const idBytes = requireBytes(fields, type, 'sampleIds');
-  if (idBytes.byteLength % 4 !== 0) throw malformed(type, `field "sampleIds" holds ${idBytes.byteLength} bytes, not a whole number of uint32 ids`);
+  if (idBytes.byteLength % 4 !== 0) throw malformed(type, `field "sampleIds" has ${idBytes.byteLength} bytes, which is not a whole number of uint32 ids`);
   const sampleIds = uint32FromBytes(idBytes);
   const images = requireBytes(fields, type, 'images');
   const labels = requireBytes(fields, type, 'labels');

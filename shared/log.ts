@@ -16,7 +16,7 @@ export interface LoggerOptions {
   level: LogLevel;
   /** Written in every line, so that interleaved output of several processes stays readable. */
   name: string;
-  /** Where lines go; standard output unless a test captures them. */
+  /** Output function for finished lines; standard output unless a test captures them. */
   write?: (line: string) => void;
 }
 
@@ -55,8 +55,8 @@ export class Logger {
   }
 
   /**
-   * Prints a line that is meant for people in text format, such as the Keras-style epoch
-   * summary; in JSON format the context alone is printed, under the same message.
+   * Prints a line meant for people, such as the Keras-style epoch summary, in text format.
+   * In JSON format it prints the context instead, under `message`.
    */
   report(text: string, message: string, context: LogContext): void {
     if (this.options.format === 'json') this.log('info', message, context);

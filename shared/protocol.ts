@@ -31,7 +31,7 @@ export interface HelloMessage {
   gradfleetVersion: string;
 }
 
-/** Coordinator → worker, the answer to `hello`: the model to build. */
+/** Coordinator → worker, the reply to `hello`: the model to build. */
 export interface WelcomeMessage {
   type: 'welcome';
   protocolVersion: number;

@@ -80,13 +80,13 @@ export class Worker {
     this.name = options.name || `${hostname()}-${process.pid}`;
   }
 
-  /** Starts the `/metrics` server and returns its port; `run` calls it when nobody did. */
+  /** Starts the `/metrics` server and returns its port. `run` calls it unless it was called already. */
   async startMetrics(): Promise<number> {
     if (!this.metricsPort) this.metricsPort = await this.metricsServer.listen(this.options.metricsHost, this.options.metricsPort);
     return this.metricsPort;
   }
 
-  /** Connects and trains until the coordinator says training is complete. */
+  /** Connects and trains until the coordinator sends `done`. */
   async run(): Promise<void> {
     await this.startMetrics();
     this.metrics.info.set({ worker: this.name, backend: tf.getBackend(), version: GRADFLEET_VERSION }, 1);
