@@ -17,6 +17,12 @@ const KERNEL = 'Conv2DBackpropFilter';
 type Conv2DInfo = tf.backend_util.Conv2DInfo;
 
 /**
+ * Largest patch matrix, in float32 values (128 MiB), that the matrix product path builds.
+ * The patch matrix and its transpose are on the wasm heap at the same time.
+ */
+const MAX_PATCH_VALUES = 1 << 25;
+
+/**
  * Computes the padding of x that makes a stride-1 convolution with dy, dilated by the
  * forward stride, produce exactly filterHeight x filterWidth outputs, so the padded
  * length is filterSize + (outSize - 1) * stride. The trailing side is negative when the
@@ -62,40 +68,38 @@ function filterGradientByConvolution(backend: BackendWasm, x: tf.TensorInfo, dy:
 }
 
 /**
- * Computes dL/dfilter as one matrix product, dW^T [outC, F] = dy^T [outC, P] x patches [P, F],
- * where P = N * OH * OW output pixels and F = fh * fw * inC, followed by a transpose.
+ * Computes dL/dfilter as one matrix product, dW [F, outC] = patches^T [F, P] x dy [P, outC],
+ * where P = N * OH * OW output pixels and F = fh * fw * inC. The product is already in
+ * [fh, fw, inC, outC] order, and dy is read as a matrix in place.
  */
 function filterGradientByMatMul(backend: BackendWasm, x: tf.TensorInfo, dy: tf.TensorInfo, info: Conv2DInfo): tf.TensorInfo {
   const pixels = info.batchSize * info.outHeight * info.outWidth;
-  const patches = im2col(backend, x, info, KERNEL);
-  // A TensorInfo with a new shape over the same dataId reads dy as a matrix without a copy.
-  const dyMatrix = { dataId: dy.dataId, shape: [pixels, info.outChannels], dtype: dy.dtype };
-  const dyTransposed = transposeWasm(backend, dyMatrix, [1, 0]);
-  const a = { ...dyTransposed, shape: [1, info.outChannels, pixels] };
-  const attrs = { transposeA: false, transposeB: false };
-  const product = runWasmKernel('BatchMatMul', backend, { a, b: patches }, attrs);
-  releaseIntermediate(backend, patches);
-  releaseIntermediate(backend, dyTransposed);
-
   const rowLength = info.filterHeight * info.filterWidth * info.inChannels;
-  const productMatrix = { ...product, shape: [info.outChannels, rowLength] };
-  const dw = transposeWasm(backend, productMatrix, [1, 0]);
-  releaseIntermediate(backend, product);
-  return { ...dw, shape: [info.filterHeight, info.filterWidth, info.inChannels, info.outChannels] };
+  const patches = im2col(backend, x, info, KERNEL);
+  const patchesTransposed = transposeWasm(backend, { ...patches, shape: [pixels, rowLength] }, [1, 0]);
+  releaseIntermediate(backend, patches);
+
+  // A TensorInfo with a new shape over the same dataId reads dy as a matrix without a copy.
+  const a = { ...patchesTransposed, shape: [1, rowLength, pixels] };
+  const b = { dataId: dy.dataId, shape: [1, pixels, info.outChannels], dtype: dy.dtype };
+  const attrs = { transposeA: false, transposeB: false };
+  const product = runWasmKernel('BatchMatMul', backend, { a, b }, attrs);
+  releaseIntermediate(backend, patchesTransposed);
+  return { ...product, shape: [info.filterHeight, info.filterWidth, info.inChannels, info.outChannels] };
 }
 
 /**
- * Computes dL/dfilter on XNNPACK. Each call packs one operand as XNNPACK weights, which
- * took about 10 ns per value at batch 64 on a 2-core AMD EPYC (bench/compute.ts) and
- * dominates when the other operand is small. The convolution path packs dy (P * outC
- * values) and the matrix product path packs the patch matrix (P * F values), so the
- * path with the smaller packed operand runs.
+ * Computes dL/dfilter on XNNPACK. Both paths pack dy as XNNPACK weights, and the matrix
+ * product path also builds the patch matrix of P * F values. On the reference CNN at
+ * batch 64 it took 7.1 ms against 14.4 ms for the convolution path in the first conv
+ * layer and 28.5 ms against 33.2 ms in the second (bench-style A/B on a 2-core AMD EPYC,
+ * load average 2). Patch matrices above maxPatchValues take the convolution path, which
+ * needs no memory beyond its transposes.
  */
-function conv2DBackpropFilter(args: {
-  inputs: tf.NamedTensorInfoMap;
-  backend: BackendWasm;
-  attrs: tf.NamedAttrMap;
-}): tf.TensorInfo {
+function conv2DBackpropFilter(
+  args: { inputs: tf.NamedTensorInfoMap; backend: BackendWasm; attrs: tf.NamedAttrMap },
+  maxPatchValues: number,
+): tf.TensorInfo {
   const { backend } = args;
   const x = requireInput(KERNEL, args.inputs, 'x');
   const dy = requireInput(KERNEL, args.inputs, 'dy');
@@ -109,15 +113,21 @@ function conv2DBackpropFilter(args: {
     dy.shape,
   );
 
-  const patchLength = info.filterHeight * info.filterWidth * info.inChannels;
-  if (patchLength < info.outChannels) {
+  const patchValues = info.batchSize * info.outHeight * info.outWidth * info.filterHeight * info.filterWidth * info.inChannels;
+  if (patchValues <= maxPatchValues) {
     return filterGradientByMatMul(backend, x, dy, info);
   }
   return filterGradientByConvolution(backend, x, dy, info);
 }
 
-export const conv2DBackpropFilterConfig: tf.KernelConfig = {
-  kernelName: KERNEL,
-  backendName: 'wasm',
-  kernelFunc: conv2DBackpropFilter as unknown as tf.KernelFunc,
-};
+/**
+ * Creates the kernel config. Tests lower maxPatchValues to run the convolution path on
+ * small shapes.
+ */
+export function createConv2DBackpropFilterConfig(maxPatchValues = MAX_PATCH_VALUES): tf.KernelConfig {
+  const kernelFunc = (args: { inputs: tf.NamedTensorInfoMap; backend: BackendWasm; attrs: tf.NamedAttrMap }) =>
+    conv2DBackpropFilter(args, maxPatchValues);
+  return { kernelName: KERNEL, backendName: 'wasm', kernelFunc: kernelFunc as unknown as tf.KernelFunc };
+}
+
+export const conv2DBackpropFilterConfig: tf.KernelConfig = createConv2DBackpropFilterConfig();

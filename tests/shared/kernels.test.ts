@@ -7,6 +7,7 @@ import {
   UnsupportedKernelAttributeError,
   WASM_GRADIENT_KERNELS,
 } from '../../shared/kernels/index.js';
+import { createConv2DBackpropFilterConfig } from '../../shared/kernels/conv2d-backprop-filter.js';
 
 /** Maximum ‖wasm − cpu‖ / ‖cpu‖ over a whole tensor. */
 const TOLERANCE = 1e-4;
@@ -91,7 +92,7 @@ interface ConvCase {
   dimRoundingMode?: 'floor' | 'round' | 'ceil';
 }
 
-/** Hand-picked cases: every pad form, unit, unequal and large strides, both filter gradient paths. */
+/** Hand-picked cases: every pad form, unit, unequal and large strides, one or more input channels. */
 const CONV_CASES: ConvCase[] = [
   { x: [2, 28, 28, 1], filter: [3, 3, 1, 32], strides: 1, pad: 'valid' },
   { x: [3, 13, 13, 8], filter: [3, 3, 8, 16], strides: 1, pad: 'valid' },
@@ -201,6 +202,21 @@ describe('Conv2DBackpropFilter on wasm', () => {
       await checkFilterGradient(testCase, 200 + index);
     }
   });
+
+  it('matches cpu on the convolution path', async () => {
+    // Every case here has a small patch matrix, so a limit of 0 forces the convolution path.
+    const registered = tf.getKernel('Conv2DBackpropFilter', 'wasm')!;
+    tf.unregisterKernel('Conv2DBackpropFilter', 'wasm');
+    tf.registerKernel(createConv2DBackpropFilterConfig(0));
+    try {
+      for (const [index, testCase] of [...CONV_CASES, ...randomConvCases(9, 6)].entries()) {
+        await checkFilterGradient(testCase, 250 + index);
+      }
+    } finally {
+      tf.unregisterKernel('Conv2DBackpropFilter', 'wasm');
+      tf.registerKernel(registered);
+    }
+  });
 });
 
 describe('Conv2DBackpropInput on wasm', () => {
@@ -225,9 +241,15 @@ interface PoolCase {
   dimRoundingMode?: 'floor' | 'round' | 'ceil';
 }
 
+/** Cases for every path: tiled 2x2, tiled of other sizes, and overlapping or padded windows. */
 const POOL_CASES: PoolCase[] = [
   { x: [2, 26, 26, 32], filterSize: 2, strides: 2, pad: 'valid' },
   { x: [3, 11, 11, 5], filterSize: 2, strides: 2, pad: 'valid' },
+  { x: [2, 10, 11, 3], filterSize: 3, strides: 3, pad: 'valid' },
+  { x: [2, 9, 10, 4], filterSize: [2, 3], strides: [2, 3], pad: 'valid' },
+  { x: [1, 8, 8, 2], filterSize: 2, strides: 2, pad: 'same' },
+  { x: [1, 7, 7, 2], filterSize: 2, strides: 2, pad: 'same' },
+  { x: [2, 9, 8, 3], filterSize: 2, strides: 2, pad: 1 },
   { x: [1, 7, 9, 1], filterSize: 3, strides: 1, pad: 'valid' },
   { x: [3, 11, 11, 5], filterSize: 3, strides: 2, pad: 'same' },
   { x: [2, 9, 8, 3], filterSize: [3, 2], strides: [2, 1], pad: 'same' },
@@ -245,27 +267,52 @@ function valuesWithTies(random: () => number, shape: number[]): Float32Array {
   return values.map((value) => Math.max(0, Math.round(value * 3)));
 }
 
+/**
+ * Values with ties as in valuesWithTies, where about one value in six is NaN and one in
+ * six is -Infinity, so that some windows hold no number above -Infinity.
+ */
+function valuesWithNonFinite(random: () => number, shape: number[]): Float32Array {
+  return valuesWithTies(random, shape).map((value) => {
+    const draw = random();
+    if (draw < 1 / 6) {
+      return NaN;
+    }
+    return draw < 2 / 6 ? -Infinity : value;
+  });
+}
+
+async function checkMaxPoolGradient(testCase: PoolCase, input: Float32Array, random: () => number): Promise<void> {
+  const info = tf.backend_util.computePool2DInfo(
+    testCase.x,
+    testCase.filterSize,
+    testCase.strides,
+    1,
+    testCase.pad,
+    testCase.dimRoundingMode,
+  );
+  const inputs = {
+    dy: { values: randomValues(random, info.outShape), shape: info.outShape },
+    input: { values: input, shape: testCase.x },
+    // Neither backend reads the forward output; it only has to have the right shape.
+    output: { values: new Float32Array(tf.util.sizeFromShape(info.outShape)), shape: info.outShape },
+  };
+  const result = await compareWithCpu('MaxPoolGrad', inputs, testCase);
+  expect(result.wasmShape, describeCase(testCase)).toEqual(testCase.x);
+  expect(result.error, describeCase(testCase)).toBeLessThanOrEqual(TOLERANCE);
+}
+
 describe('MaxPoolGrad on wasm', () => {
   it('matches cpu, ties included', async () => {
     for (const [index, testCase] of POOL_CASES.entries()) {
       const random = seededRandom(500 + index);
-      const info = tf.backend_util.computePool2DInfo(
-        testCase.x,
-        testCase.filterSize,
-        testCase.strides,
-        1,
-        testCase.pad,
-        testCase.dimRoundingMode,
-      );
-      const inputs = {
-        dy: { values: randomValues(random, info.outShape), shape: info.outShape },
-        input: { values: valuesWithTies(random, testCase.x), shape: testCase.x },
-        // Neither backend reads the forward output; it only has to have the right shape.
-        output: { values: new Float32Array(tf.util.sizeFromShape(info.outShape)), shape: info.outShape },
-      };
-      const result = await compareWithCpu('MaxPoolGrad', inputs, testCase);
-      expect(result.wasmShape, describeCase(testCase)).toEqual(testCase.x);
-      expect(result.error, describeCase(testCase)).toBeLessThanOrEqual(TOLERANCE);
+      await checkMaxPoolGradient(testCase, valuesWithTies(random, testCase.x), random);
+    }
+  });
+
+  it('matches cpu with NaN and -Infinity', async () => {
+    for (const [index, testCase] of POOL_CASES.entries()) {
+      const random = seededRandom(550 + index);
+      await checkMaxPoolGradient(testCase, valuesWithNonFinite(random, testCase.x), random);
     }
   });
 });
