@@ -340,6 +340,28 @@ describe('BatchMatMul on wasm', () => {
   });
 });
 
+describe('BatchMatMul with transposeB on wasm', () => {
+  it('matches cpu when b exceeds a', async () => {
+    // These shapes make the wrapper compute (b x a^T)^T, broadcast batches included.
+    const random = seededRandom(650);
+    const shapes = [
+      { aShape: [1, 8, 16], bShape: [1, 100, 16] },
+      { aShape: [3, 8, 16], bShape: [3, 100, 16] },
+      { aShape: [1, 5, 12], bShape: [3, 60, 12] },
+      { aShape: [2, 60, 12], bShape: [1, 5, 12] },
+    ];
+    for (const { aShape, bShape } of shapes) {
+      const inputs = {
+        a: { values: randomValues(random, aShape), shape: aShape },
+        b: { values: randomValues(random, bShape), shape: bShape },
+      };
+      const result = await compareWithCpu('BatchMatMul', inputs, { transposeA: false, transposeB: true });
+      expect(result.wasmShape, describeCase({ aShape, bShape })).toEqual(result.cpuShape);
+      expect(result.error, describeCase({ aShape, bShape })).toBeLessThanOrEqual(TOLERANCE);
+    }
+  });
+});
+
 describe('Sum on wasm', () => {
   it('matches cpu for leading, inner and mixed axes', async () => {
     const random = seededRandom(700);
