@@ -254,6 +254,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     let settled = false;
     const finished = run.finished.finally(() => (settled = true));
     while (!settled) {
+      // A shard given back by a lost worker goes to any active worker that is idle now.
+      run.assign(this.activeSessions());
       if (run.hasUnassigned && this.activeSessions().length === 0) {
         await Promise.race([this.waitForWorkers(1, `to finish step ${run.step}`), finished]);
         this.admitIntoRunningStep(run);
