@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
 import { CliProcess } from '../helpers/cli.js';
 
-/** Whether tfjs-node loads here; its install fails on machines that cannot download libtensorflow. */
+/** Returns whether tfjs-node loads here; its install fails on machines that cannot download libtensorflow. */
 function tfjsNodeLoads(): boolean {
   try {
     createRequire(import.meta.url)('@tensorflow/tfjs-node');

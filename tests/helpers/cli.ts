@@ -48,7 +48,7 @@ export class CliProcess {
     return jsonLine(line)!;
   }
 
-  /** Every JSON log line printed so far, optionally only those with `msg` equal to `message`. */
+  /** Returns the JSON log lines printed so far, or only those whose `msg` equals `message`. */
   logs(message?: string): Record<string, any>[] {
     return this.lines.map(jsonLine).filter((entry): entry is Record<string, any> => !!entry && (!message || entry.msg === message));
   }
