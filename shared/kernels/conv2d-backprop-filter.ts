@@ -22,6 +22,8 @@ type Conv2DInfo = tf.backend_util.Conv2DInfo;
  */
 const MAX_PATCH_VALUES = 1 << 25;
 
+const PLAIN_PRODUCT = { transposeA: false, transposeB: false };
+
 /**
  * Computes the padding of x that makes a stride-1 convolution with dy, dilated by the
  * forward stride, produce exactly filterHeight x filterWidth outputs, so the padded
@@ -69,10 +71,10 @@ function filterGradientByConvolution(backend: BackendWasm, x: tf.TensorInfo, dy:
 
 /**
  * Computes dL/dfilter as one matrix product, dW [F, outC] = patches^T [F, P] x dy [P, outC],
- * where P = N * OH * OW output pixels and F = fh * fw * inC. The product is already in
- * [fh, fw, inC, outC] order, and dy is read as a matrix in place.
+ * where P = N * OH * OW output pixels and F = fh * fw * inC. XNNPACK packs dy, and the
+ * product is already in [fh, fw, inC, outC] order.
  */
-function filterGradientByMatMul(backend: BackendWasm, x: tf.TensorInfo, dy: tf.TensorInfo, info: Conv2DInfo): tf.TensorInfo {
+function filterGradientPackingDy(backend: BackendWasm, x: tf.TensorInfo, dy: tf.TensorInfo, info: Conv2DInfo): tf.TensorInfo {
   const pixels = info.batchSize * info.outHeight * info.outWidth;
   const rowLength = info.filterHeight * info.filterWidth * info.inChannels;
   const patches = im2col(backend, x, info, KERNEL);
@@ -82,18 +84,40 @@ function filterGradientByMatMul(backend: BackendWasm, x: tf.TensorInfo, dy: tf.T
   // A TensorInfo with a new shape over the same dataId reads dy as a matrix without a copy.
   const a = { ...patchesTransposed, shape: [1, rowLength, pixels] };
   const b = { dataId: dy.dataId, shape: [1, pixels, info.outChannels], dtype: dy.dtype };
-  const attrs = { transposeA: false, transposeB: false };
-  const product = runWasmKernel('BatchMatMul', backend, { a, b }, attrs);
+  const product = runWasmKernel('BatchMatMul', backend, { a, b }, PLAIN_PRODUCT);
   releaseIntermediate(backend, patchesTransposed);
   return { ...product, shape: [info.filterHeight, info.filterWidth, info.inChannels, info.outChannels] };
 }
 
 /**
- * Computes dL/dfilter on XNNPACK. Both paths pack dy as XNNPACK weights, and the matrix
- * product path also builds the patch matrix of P * F values. On the reference CNN at
- * batch 64 it took 7.1 ms against 14.4 ms for the convolution path in the first conv
- * layer and 28.5 ms against 33.2 ms in the second (bench-style A/B on a 2-core AMD EPYC,
- * load average 2). Patch matrices above maxPatchValues take the convolution path, which
+ * Computes dL/dfilter as dW^T [outC, F] = dy^T [outC, P] x patches [P, F], followed by a
+ * transpose, with P and F as in filterGradientPackingDy. XNNPACK packs the patch matrix.
+ */
+function filterGradientPackingPatches(backend: BackendWasm, x: tf.TensorInfo, dy: tf.TensorInfo, info: Conv2DInfo): tf.TensorInfo {
+  const pixels = info.batchSize * info.outHeight * info.outWidth;
+  const patches = im2col(backend, x, info, KERNEL);
+  const dyMatrix = { dataId: dy.dataId, shape: [pixels, info.outChannels], dtype: dy.dtype };
+  const dyTransposed = transposeWasm(backend, dyMatrix, [1, 0]);
+  const a = { ...dyTransposed, shape: [1, info.outChannels, pixels] };
+  const product = runWasmKernel('BatchMatMul', backend, { a, b: patches }, PLAIN_PRODUCT);
+  releaseIntermediate(backend, patches);
+  releaseIntermediate(backend, dyTransposed);
+
+  const rowLength = info.filterHeight * info.filterWidth * info.inChannels;
+  const dw = transposeWasm(backend, { ...product, shape: [info.outChannels, rowLength] }, [1, 0]);
+  releaseIntermediate(backend, product);
+  return { ...dw, shape: [info.filterHeight, info.filterWidth, info.inChannels, info.outChannels] };
+}
+
+/**
+ * Computes dL/dfilter on XNNPACK. The wasm backend (4.22) caches packed weights by tensor
+ * id, and these operands are new tensors in every step, so each call packs one operand.
+ * Packing cost about 19 ns per value (BatchMatMul with a new against a cached right
+ * operand of 495k values, 2-core AMD EPYC), more than the skinny products themselves.
+ * So the product that packs the smaller of dy (P * outC values) and the patch matrix
+ * (P * F values) runs. On the reference CNN at batch 64 this took 23 ms against 29 ms
+ * before (first conv layer) and 71 ms against 78 ms (second), load average 4.
+ * Patch matrices above maxPatchValues take the convolution path, which packs dy and
  * needs no memory beyond its transposes.
  */
 function conv2DBackpropFilter(
@@ -114,10 +138,14 @@ function conv2DBackpropFilter(
   );
 
   const patchValues = info.batchSize * info.outHeight * info.outWidth * info.filterHeight * info.filterWidth * info.inChannels;
-  if (patchValues <= maxPatchValues) {
-    return filterGradientByMatMul(backend, x, dy, info);
+  if (patchValues > maxPatchValues) {
+    return filterGradientByConvolution(backend, x, dy, info);
   }
-  return filterGradientByConvolution(backend, x, dy, info);
+  const patchLength = info.filterHeight * info.filterWidth * info.inChannels;
+  if (patchLength < info.outChannels) {
+    return filterGradientPackingPatches(backend, x, dy, info);
+  }
+  return filterGradientPackingDy(backend, x, dy, info);
 }
 
 /**

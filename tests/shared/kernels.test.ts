@@ -92,7 +92,7 @@ interface ConvCase {
   dimRoundingMode?: 'floor' | 'round' | 'ceil';
 }
 
-/** Hand-picked cases: every pad form, unit, unequal and large strides, one or more input channels. */
+/** Hand-picked cases: every pad form, unit, unequal and large strides, patch rows shorter and longer than outC. */
 const CONV_CASES: ConvCase[] = [
   { x: [2, 28, 28, 1], filter: [3, 3, 1, 32], strides: 1, pad: 'valid' },
   { x: [3, 13, 13, 8], filter: [3, 3, 8, 16], strides: 1, pad: 'valid' },
