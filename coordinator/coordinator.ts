@@ -11,10 +11,13 @@ import { CLOSE_CODES, PROTOCOL_VERSION, ProtocolError, type WireTensor, type Wor
 import { evaluate, type EvaluationResult } from '../shared/training.js';
 import { CoordinatorMetrics } from './metrics.js';
 import { EpochPlan, SampleLedger, splitIntoShards } from './plan.js';
+import { CoordinatorClosedError, Membership } from './membership.js';
+import { makeOptimizer, type Optimizer } from './optimizer.js';
 import { CoordinatorServer } from './server.js';
 import { SessionStateError, type WorkerSession } from './session.js';
 import { StepRun } from './step.js';
-import { makeOptimizer, type Optimizer } from './optimizer.js';
+
+export { CoordinatorClosedError };
 
 /** One line of the per-epoch report, as Keras fit() prints it. */
 export interface EpochSummary {
@@ -39,22 +42,11 @@ export interface TrainingResult {
   parameters: ParameterSpec[];
 }
 
-/** Raised by `run` when `close` is called before training is complete. */
-export class CoordinatorClosedError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'CoordinatorClosedError';
-  }
-}
-
 /** Events a coordinator emits, for embedding programs and tests. */
 export interface CoordinatorEvents {
   /** After each applied update; `step` counts from 0. */
   step: [{ step: number; epoch: number; examples: number; loss: number }];
 }
-
-/** How often a long wait for workers is reported, in milliseconds. */
-const WAIT_REPORT_INTERVAL_MS = 10_000;
 
 /**
  * The coordinator: the single writer of the weights, the optimizer state and the sample
@@ -65,6 +57,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   readonly metrics = new CoordinatorMetrics();
   private readonly metricsServer = new MetricsServer(this.metrics.registry);
   private readonly server: CoordinatorServer;
+  private readonly membership: Membership;
   private dataset?: Dataset;
   private model?: tf.LayersModel;
   private variables: tf.Variable[] = [];
@@ -74,7 +67,6 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private optimizer?: Optimizer;
   private currentStep?: StepRun;
   private currentWeightsFrame?: Buffer;
-  private membershipChanged: () => void = () => {};
   private stepCount = 0;
   private closed = false;
   port = 0;
@@ -98,6 +90,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       },
       log,
     );
+    this.membership = new Membership(this.server.sessions, log, () => `ws://${this.options.host}:${this.port}`);
   }
 
   /** Loads the data, builds the model and starts both servers. */
@@ -151,7 +144,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   async run(): Promise<TrainingResult> {
     const train = this.dataset!.train;
     const epochs: EpochSummary[] = [];
-    await this.waitForWorkers(this.options.workers, 'to start training');
+    await this.membership.waitFor(this.options.workers, 'to start training');
     for (let epoch = 1; epoch <= this.options.epochs && !this.reachedMaxSteps(); epoch++) {
       epochs.push(await this.runEpoch(epoch, train));
     }
@@ -249,30 +242,34 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     return run;
   }
 
-  /** Waits for a step's gradients; when every worker is gone, waits for one to join. */
+  /**
+   * Waits for a step's gradients. A shard given back by a lost worker goes to an idle
+   * active worker; when no worker is left, the first one to become ready joins this step.
+   */
   private async waitForStep(run: StepRun): Promise<void> {
     let settled = false;
     const finished = run.finished.finally(() => (settled = true));
     while (!settled) {
-      // A shard given back by a lost worker goes to any active worker that is idle now.
-      run.assign(this.activeSessions());
-      if (run.hasUnassigned && this.activeSessions().length === 0) {
-        await Promise.race([this.waitForWorkers(1, `to finish step ${run.step}`), finished]);
-        this.admitIntoRunningStep(run);
-      }
-      await Promise.race([finished, new Promise<void>((resolve) => (this.membershipChanged = resolve))]);
+      run.assign(this.membership.active());
+      if (run.hasUnassigned && this.membership.active().length === 0) this.admitIntoRunningStep(run);
+      await Promise.race([finished, this.membership.changed()]);
     }
     await finished;
   }
 
   private admitIntoRunningStep(run: StepRun): void {
-    for (const session of this.server.sessions) {
-      if (session.state !== 'waiting') continue;
-      session.transition('admit');
-      session.sendFrame(this.currentWeightsFrame!);
-    }
-    this.metrics.activeWorkers.set(this.activeSessions().length);
-    run.assign(this.activeSessions());
+    for (const session of this.membership.admitWaiting(run.step)) session.sendFrame(this.currentWeightsFrame!);
+    this.metrics.activeWorkers.set(this.membership.active().length);
+    run.assign(this.membership.active());
+  }
+
+  /** At a step boundary, admits every ready worker; waits for one when none is active. */
+  private async admitWaitingWorkers(): Promise<WorkerSession[]> {
+    if (this.membership.active().length === 0) await this.membership.waitFor(1, 'to continue training');
+    this.membership.admitWaiting(this.stepCount);
+    const active = this.membership.active();
+    this.metrics.activeWorkers.set(active.length);
+    return active;
   }
 
   private shardData(train: Split, ids: Uint32Array): { images: Uint8Array; labels: Uint8Array } {
@@ -300,63 +297,6 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   // ---------------------------------------------------------------------------
-  // Membership
-
-  private activeSessions(): WorkerSession[] {
-    return [...this.server.sessions].filter((session) => session.state === 'active');
-  }
-
-  /** At a step boundary, admits every worker that passed its self-check since the last one. */
-  private async admitWaitingWorkers(): Promise<WorkerSession[]> {
-    if (this.activeSessions().length === 0) await this.waitForWorkers(1, 'to continue training');
-    for (const session of this.server.sessions) {
-      if (session.state !== 'waiting') continue;
-      session.transition('admit');
-      this.log.info('worker admitted', { workerId: session.workerId, worker: session.workerName, step: this.stepCount });
-    }
-    const active = this.activeSessions();
-    this.metrics.activeWorkers.set(active.length);
-    return active;
-  }
-
-  /**
-   * Resolves once `count` workers are ready or active. The wait is logged when it starts,
-   * when the number of ready workers changes, and every WAIT_REPORT_INTERVAL_MS.
-   */
-  private async waitForWorkers(count: number, purpose: string): Promise<void> {
-    const have = () => [...this.server.sessions].filter((s) => s.state === 'waiting' || s.state === 'active').length;
-    const started = Date.now();
-    let reported = -1;
-    let reportedAt = 0;
-    while (have() < count) {
-      if (this.closed) throw new CoordinatorClosedError('the coordinator was stopped while waiting for workers');
-      if (have() !== reported || Date.now() - reportedAt >= WAIT_REPORT_INTERVAL_MS) {
-        reported = have();
-        reportedAt = Date.now();
-        this.log.info(`waiting for ${count - reported} more worker(s) ${purpose}`, {
-          ready: reported,
-          needed: count,
-          url: `ws://${this.options.host}:${this.port}`,
-          waitedSeconds: Math.round((Date.now() - started) / 1000),
-        });
-      }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, WAIT_REPORT_INTERVAL_MS);
-        this.membershipChanged = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-    }
-  }
-
-  private notifyMembershipChanged(): void {
-    const notify = this.membershipChanged;
-    this.membershipChanged = () => {};
-    notify();
-  }
-
-  // ---------------------------------------------------------------------------
   // Messages
 
   private onMessage(session: WorkerSession, message: WorkerMessage): void {
@@ -368,7 +308,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       this.onRejected(session, error);
       if (error.code === 'UNEXPECTED_MESSAGE') session.closeWithError(error.code, error.message, CLOSE_CODES.malformedMessage);
     }
-    this.notifyMembershipChanged();
+    this.membership.notify();
   }
 
   private handle(session: WorkerSession, message: WorkerMessage): void {
@@ -413,7 +353,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     try {
       accepted = run.accept(session, message);
     } finally {
-      run.assign(this.activeSessions());
+      run.assign(this.membership.active());
     }
     const labels = { worker: session.workerName };
     this.metrics.workerCompute.observe(labels, accepted.computeMs / 1000);
@@ -431,10 +371,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     const run = this.currentStep;
     if (run) {
       run.release(session);
-      run.assign(this.activeSessions());
+      run.assign(this.membership.active());
     }
-    this.metrics.activeWorkers.set(this.activeSessions().length);
-    this.notifyMembershipChanged();
+    this.metrics.activeWorkers.set(this.membership.active().length);
+    this.membership.notify();
   }
 
   // ---------------------------------------------------------------------------
@@ -468,7 +408,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     if (this.closed) return;
     this.closed = true;
     this.currentStep?.abort(new CoordinatorClosedError('the coordinator was stopped during a step'));
-    this.notifyMembershipChanged();
+    this.membership.close();
     await this.server.close();
     await this.metricsServer.close();
     this.model?.dispose();
