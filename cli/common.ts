@@ -1,5 +1,5 @@
-import { selectBackend, type BackendChoice } from '../shared/backend.js';
 import { Logger, type LogFormat, type LogLevel } from '../shared/log.js';
+import type { BackendChoice } from '../shared/options.js';
 
 /** Exit statuses shared by every command. */
 export const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
@@ -24,6 +24,9 @@ export function makeLogger(args: CommonArguments, name: string): Logger {
 
 /** Activates the requested backend and logs once, at start-up, why `auto` fell back. */
 export async function startBackend(args: CommonArguments, log: Logger): Promise<string> {
+  // Imported here, not at the top: loading tfjs takes about a second, which --help and
+  // flag errors should not wait for.
+  const { selectBackend } = await import('../shared/backend.js');
   const selection = await selectBackend(args.backend);
   if (selection.fallbackReason) log.info(`using backend "wasm": ${selection.fallbackReason}`);
   return selection.name;

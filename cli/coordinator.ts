@@ -1,5 +1,4 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
-import { Coordinator } from '../coordinator/coordinator.js';
 import type { CoordinatorOptions } from '../shared/options.js';
 import { closeOnSignals, EXIT, makeLogger, startBackend } from './common.js';
 import { COMMON_OPTIONS, COORDINATOR_OPTIONS } from './options.js';
@@ -15,6 +14,7 @@ export function builder(yargs: Argv): Argv {
 export async function runCoordinator(options: CoordinatorOptions): Promise<number> {
   const log = makeLogger(options, 'coordinator');
   await startBackend(options, log);
+  const { Coordinator } = await import('../coordinator/coordinator.js');
   const coordinator = new Coordinator(options, log);
   closeOnSignals(() => coordinator.close(), log);
   try {

@@ -1,7 +1,4 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
-import { loadDataset } from '../shared/data/dataset.js';
-import { loadModel } from '../shared/model-files.js';
-import { evaluate } from '../shared/training.js';
 import { EXIT, makeLogger, startBackend, type CommonArguments } from './common.js';
 import { COMMON_OPTIONS, COORDINATOR_OPTIONS } from './options.js';
 
@@ -27,6 +24,9 @@ export async function handler(args: ArgumentsCamelCase): Promise<void> {
   const options = args as unknown as EvaluateArguments;
   const log = makeLogger(options, 'evaluate');
   await startBackend(options, log);
+  const { loadDataset } = await import('../shared/data/dataset.js');
+  const { loadModel } = await import('../shared/model-files.js');
+  const { evaluate } = await import('../shared/training.js');
   const model = await loadModel(options.modelDir);
   const { test } = await loadDataset({ dataDir: options.dataDir, trainLimit: 0, testLimit: options.testLimit });
   const result = evaluate(model, { images: test.images, labels: test.labels, count: test.count }, 10);

@@ -1,9 +1,15 @@
 import type { Options } from 'yargs';
 import { UsageError } from './common.js';
-import { BACKEND_CHOICES } from '../shared/backend.js';
 import { LOG_FORMATS, LOG_LEVELS } from '../shared/log.js';
-import { MODEL_NAMES } from '../shared/models.js';
-import { COMMON_DEFAULTS, COORDINATOR_DEFAULTS, DEFAULT_BATCH_SIZE, OPTIMIZER_NAMES, WORKER_DEFAULTS } from '../shared/options.js';
+import {
+  BACKEND_CHOICES,
+  COMMON_DEFAULTS,
+  COORDINATOR_DEFAULTS,
+  DEFAULT_BATCH_SIZE,
+  MODEL_NAMES,
+  OPTIMIZER_NAMES,
+  WORKER_DEFAULTS,
+} from '../shared/options.js';
 
 /**
  * yargs option tables. Defaults come from the option objects in shared/options.ts, so the

@@ -1,7 +1,5 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
 import type { WorkerOptions } from '../shared/options.js';
-import { dropKernelForTests } from '../worker/self-check.js';
-import { Worker } from '../worker/worker.js';
 import { closeOnSignals, EXIT, UsageError, makeLogger, startBackend } from './common.js';
 import { COMMON_OPTIONS, WORKER_OPTIONS } from './options.js';
 
@@ -20,6 +18,8 @@ export function builder(yargs: Argv): Argv {
 export async function runWorker(options: WorkerOptions): Promise<number> {
   const log = makeLogger(options, options.name || 'worker');
   await startBackend(options, log);
+  const { dropKernelForTests } = await import('../worker/self-check.js');
+  const { Worker } = await import('../worker/worker.js');
   dropKernelForTests();
   const worker = new Worker(options, log);
   closeOnSignals(() => worker.close(), log);

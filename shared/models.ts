@@ -1,8 +1,6 @@
 import { tf } from './backend.js';
+import type { ModelName } from './options.js';
 
-/** The models gradfleet can train, by the name given to `--model`. */
-export const MODEL_NAMES = ['cnn', 'mlp'] as const;
-export type ModelName = (typeof MODEL_NAMES)[number];
 
 export interface ModelShape {
   /** Height, width and channels of one image. */

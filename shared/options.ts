@@ -1,6 +1,12 @@
-import type { BackendChoice } from './backend.js';
 import type { LogFormat, LogLevel } from './log.js';
-import type { ModelName } from './models.js';
+
+/** The compute backends a process can ask for. `auto` picks the fastest one that loads. */
+export const BACKEND_CHOICES = ['auto', 'tensorflow', 'wasm', 'cpu'] as const;
+export type BackendChoice = (typeof BACKEND_CHOICES)[number];
+
+/** The models gradfleet can train, by the name given to `--model`. */
+export const MODEL_NAMES = ['cnn', 'mlp'] as const;
+export type ModelName = (typeof MODEL_NAMES)[number];
 
 export const OPTIMIZER_NAMES = ['adam', 'sgd'] as const;
 export type OptimizerName = (typeof OPTIMIZER_NAMES)[number];
