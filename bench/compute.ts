@@ -29,6 +29,8 @@ interface BatchResult {
   stepMs: number;
   forwardMs: number;
   backwardMs: number;
+  /** One-minute load average when the batch size finished; timings are noisy above the core count. */
+  loadAverage: number;
   slowestKernels: { name: string; ms: number; calls: number }[];
 }
 
@@ -137,6 +139,7 @@ async function measureBatch(backend: string, batchSize: number, steps: number, w
     stepMs: Number(stepMs.toFixed(2)),
     forwardMs: Number(forwardMs.toFixed(2)),
     backwardMs: Number((stepMs - forwardMs).toFixed(2)),
+    loadAverage: Number(os.loadavg()[0]!.toFixed(2)),
     slowestKernels: kernels,
   };
 }
@@ -146,7 +149,7 @@ function printResult(result: BatchResult): void {
   console.log(
     `${result.backend.padEnd(4)} batch ${String(result.batchSize).padStart(3)}: ` +
       `${result.imagesPerSecond.toFixed(1).padStart(7)} images/s, step ${result.stepMs} ms ` +
-      `(forward ${result.forwardMs} ms, backward ${result.backwardMs} ms)`,
+      `(forward ${result.forwardMs} ms, backward ${result.backwardMs} ms), load average ${result.loadAverage}`,
   );
   console.log(`    slowest kernels: ${kernels}`);
 }
