@@ -3,20 +3,7 @@
  * ledger that counts how often each sample went into an applied update.
  */
 
-/**
- * Returns a 32-bit pseudo-random generator (mulberry32). It is used only to shuffle, so
- * speed and reproducibility across platforms matter more than statistical strength.
- */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from '../shared/random.js';
 
 /** Returns a permutation of 0..count-1 that depends only on the seed and the epoch. */
 export function shuffledOrder(count: number, seed: number, epoch: number): Uint32Array {

@@ -3,6 +3,12 @@ import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 
 /**
+ * Histogram buckets for durations in seconds: steps and shard computations on CPUs take
+ * from tens of milliseconds to tens of seconds.
+ */
+export const SECONDS_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+/**
  * Serves one prom-client registry on `/metrics`. Each coordinator or worker owns its
  * registry and its server, so that two of them in one process never share series.
  */

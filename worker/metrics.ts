@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { SECONDS_BUCKETS } from '../shared/metrics-server.js';
 
-const SECONDS_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 /** All metrics of one worker, in a registry of its own. */
 export class WorkerMetrics {

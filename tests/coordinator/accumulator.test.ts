@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 
 import { GradientAccumulator } from '../../coordinator/accumulator.js';
-import { seededRandom, splitIntoShards } from '../../coordinator/plan.js';
+import { splitIntoShards } from '../../coordinator/plan.js';
+import { seededRandom } from '../../shared/random.js';
 import type { ParameterSpec } from '../../shared/models.js';
 
 const SPECS: ParameterSpec[] = [

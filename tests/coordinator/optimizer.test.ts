@@ -2,7 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { Adam, Sgd, makeOptimizer, type Optimizer } from '../../coordinator/optimizer.js';
-import { seededRandom } from '../../coordinator/plan.js';
+import { seededRandom } from '../../shared/random.js';
 
 const SHAPES = [[3, 3, 1, 8], [8], [20, 10], [1]];
 const STEPS = 20;

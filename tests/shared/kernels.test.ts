@@ -8,21 +8,11 @@ import {
   WASM_GRADIENT_KERNELS,
 } from '../../shared/kernels/index.js';
 import { createConv2DBackpropFilterConfig } from '../../shared/kernels/conv2d-backprop-filter.js';
+import { seededRandom } from '../../shared/random.js';
 
 /** Maximum ‖wasm − cpu‖ / ‖cpu‖ over a whole tensor. */
 const TOLERANCE = 1e-4;
 
-/** Mulberry32: a small seeded generator, so that a failing case reproduces. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randomValues(random: () => number, shape: number[]): Float32Array {
   const values = new Float32Array(tf.util.sizeFromShape(shape));

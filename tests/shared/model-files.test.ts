@@ -42,7 +42,9 @@ describe('saved models', () => {
       const expected = (model.predict(input) as tf.Tensor).dataSync();
       const actual = (loaded.predict(input) as tf.Tensor).dataSync();
       expect(Array.from(actual)).toEqual(Array.from(expected));
-      tf.dispose([input, model, loaded]);
+      input.dispose();
+      model.dispose();
+      loaded.dispose();
     } finally {
       await server.close();
     }

@@ -1,0 +1,15 @@
+/**
+ * Returns a seeded 32-bit pseudo-random generator (mulberry32) of floats in [0, 1). It
+ * shuffles epochs and makes test data reproducible, so speed and the same sequence on
+ * every platform matter more than statistical strength.
+ */
+export function seededRandom(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
