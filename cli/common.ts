@@ -32,17 +32,22 @@ export async function startBackend(args: CommonArguments, log: Logger): Promise<
   return selection.name;
 }
 
+/** Set once SIGINT or SIGTERM asked the process to stop; errors caused by stopping are then not reported. */
+export const signalStop = { requested: false };
+
+/** Exit status after a signal, by the shell convention 128 + signal number. */
+const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
+
 /**
- * Stops a long-running command on SIGINT or SIGTERM by calling `close`, and exits once
- * it has finished; a second signal exits at once.
+ * Stops a long-running command on SIGINT or SIGTERM by calling `close`, and exits with
+ * 128 + the signal number once it has finished; a second signal exits at once.
  */
 export function closeOnSignals(close: () => Promise<void>, log: Logger): void {
-  let stopping = false;
   const stop = (signal: NodeJS.Signals) => {
-    if (stopping) process.exit(EXIT.failed);
-    stopping = true;
+    if (signalStop.requested) process.exit(SIGNAL_EXIT[signal]);
+    signalStop.requested = true;
     log.info('stopping', { signal });
-    close().finally(() => process.exit(EXIT.failed));
+    close().finally(() => process.exit(SIGNAL_EXIT[signal]));
   };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);

@@ -3,13 +3,13 @@ import { createInterface } from 'node:readline';
 import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { Logger } from '../shared/log.js';
 import { EXIT, makeLogger, type CommonArguments } from './common.js';
-import { COMMON_OPTIONS, COORDINATOR_OPTIONS } from './options.js';
+import { COMMON_OPTIONS, COORDINATOR_OPTIONS, LAUNCH_OPTIONS } from './options.js';
 
 export const command = 'launch';
 export const describe = 'Run a coordinator and --workers local worker processes in one command';
 
 export function builder(yargs: Argv): Argv {
-  return yargs.options({ ...COORDINATOR_OPTIONS, ...COMMON_OPTIONS });
+  return yargs.options({ ...LAUNCH_OPTIONS, ...COMMON_OPTIONS });
 }
 
 /** Report a child sends over its IPC channel once its servers listen. */
@@ -116,11 +116,13 @@ export async function handler(args: ArgumentsCamelCase): Promise<void> {
   const url = `ws://${host.includes(':') ? `[${host}]` : host}:${ports.port}`;
   const workerFlags = toFlags(options, Object.keys(COMMON_OPTIONS));
   const workerPorts: Promise<ListeningReport>[] = [];
+  const workerFailures: Promise<string>[] = [];
   for (let i = 1; i <= options.workers; i++) {
     const metricsPort = options.metricsPort === 0 ? 0 : ports.metricsPort + i;
     const name = `worker-${i}`;
     const child = group.start(name, ['worker', '--coordinator', url, '--name', name, '--metrics-port', String(metricsPort), ...workerFlags]);
     workerPorts.push(waitForListening(child, name));
+    workerFailures.push(waitForExit(child).then((code) => (code === 0 ? new Promise<string>(() => {}) : `${name} exited with status ${code}`)));
   }
   const reported = await Promise.allSettled(workerPorts);
   const metrics: Record<string, string> = { coordinator: `http://${host}:${ports.metricsPort}/metrics` };
@@ -129,11 +131,20 @@ export async function handler(args: ArgumentsCamelCase): Promise<void> {
   });
   log.info('started', { coordinator: url, workers: options.workers, metrics });
 
-  const status = await coordinatorExit;
-  if (status !== 0) log.error('the coordinator failed; stopping the workers', { status });
+  // Like torchrun, launch fails as a whole when one of its local workers fails: the
+  // coordinator would otherwise wait for it for ever.
+  const outcome = await Promise.race([coordinatorExit.then((status) => ({ status, failure: undefined })), Promise.race(workerFailures).then((failure) => ({ status: EXIT.failed, failure }))]);
+  if (stopping) return;
+  if (outcome.failure) {
+    log.error(`${outcome.failure}; stopping all processes (see its output above)`);
+    await group.stopAll();
+    process.exitCode = EXIT.failed;
+    return;
+  }
+  if (outcome.status !== 0) log.error('the coordinator failed; stopping the workers', { status: outcome.status });
   // Workers exit by themselves once the coordinator sends `done`.
   const stragglers = setTimeout(() => void group.stopAll(), STOP_GRACE_MS);
   await Promise.all([...group.children.values()].map(waitForExit));
   clearTimeout(stragglers);
-  process.exitCode = status === 0 ? EXIT.ok : status;
+  process.exitCode = outcome.status === 0 ? EXIT.ok : outcome.status;
 }

@@ -2,7 +2,8 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { GRADFLEET_VERSION } from '../shared/version.js';
-import { EXIT, UsageError } from './common.js';
+import { EXIT, signalStop, UsageError } from './common.js';
+import { commandOf, filterEnvironment, readConfigFile } from './sources.js';
 import * as coordinator from './coordinator.js';
 import * as evaluate from './evaluate.js';
 import * as launch from './launch.js';
@@ -21,6 +22,8 @@ const USER_ERRORS = new Set([
   'ModelFilesError',
   'SelfCheckError',
   'CoordinatorClosedError',
+  'ListenError',
+  'TrainingDivergedError',
 ]);
 
 function reportFailure(error: Error): void {
@@ -28,7 +31,17 @@ function reportFailure(error: Error): void {
   else process.stderr.write(`gradfleet: error: ${error.stack}\n`);
 }
 
-await yargs(hideBin(process.argv))
+const argv = hideBin(process.argv);
+const command = commandOf(argv);
+
+try {
+  if (command) filterEnvironment(command, process.env);
+} catch (error) {
+  process.stderr.write(`gradfleet: error: ${(error as Error).message}\n`);
+  process.exit(EXIT.usage);
+}
+
+await yargs(argv)
   .scriptName('gradfleet')
   .version(GRADFLEET_VERSION)
   .command(coordinator)
@@ -36,7 +49,9 @@ await yargs(hideBin(process.argv))
   .command(launch)
   .command(evaluate)
   .demandCommand(1, 'name a command: coordinator, worker, launch or evaluate')
-  .config('config', 'JSON file of options; keys are option names, such as {"epochs": 3}')
+  .recommendCommands()
+  .strictCommands()
+  .config('config', 'JSON file of options; keys are option names, such as {"epochs": 3}', (path: string) => readConfigFile(path, command))
   .env('GRADFLEET')
   .strict()
   .wrap(Math.min(110, process.stdout.columns || 110))
@@ -44,6 +59,7 @@ await yargs(hideBin(process.argv))
   .fail((message, error) => {
     // yargs rethrows errors from coerce functions as a YError carrying the same message.
     const usage = !error || error instanceof UsageError || error.name === 'OptionError' || error.name === 'YError';
+    if (signalStop.requested) return;
     if (!usage) {
       reportFailure(error);
       process.exit(EXIT.failed);

@@ -39,6 +39,13 @@ function real(flag: string, min: number, inclusive: boolean): (value: unknown) =
   };
 }
 
+/** Momentum of 1 or more makes the velocity grow without bound, so training diverges. */
+function momentum(value: unknown): number | undefined {
+  const number = real('momentum', 0, true)(value);
+  if (number !== undefined && number >= 1) throw new UsageError(`invalid --momentum ${number}: expected a number from 0 up to, but not including, 1`);
+  return number;
+}
+
 function port(flag: string): (value: unknown) => number | undefined {
   const check = integer(flag, 0);
   return (value) => {
@@ -64,15 +71,15 @@ export const COORDINATOR_OPTIONS = {
   model: { choices: MODEL_NAMES, default: COORDINATOR_DEFAULTS.model, describe: 'cnn: the Keras MNIST CNN; mlp: 784-128-10' },
   optimizer: { choices: OPTIMIZER_NAMES, default: COORDINATOR_DEFAULTS.optimizer, describe: 'Optimizer applied by the coordinator' },
   lr: { default: COORDINATOR_DEFAULTS.lr, coerce: real('lr', 0, false), describe: 'Learning rate' },
-  momentum: { default: COORDINATOR_DEFAULTS.momentum, coerce: real('momentum', 0, true), describe: 'SGD momentum (sgd only; 0: plain SGD)' },
+  momentum: { default: COORDINATOR_DEFAULTS.momentum, coerce: momentum, describe: 'SGD momentum, from 0 (plain SGD) to below 1 (sgd only)' },
   'batch-size': { coerce: integer('batch-size', 1), describe: `Global batch per step in images, split among the workers [default: ${DEFAULT_BATCH_SIZE}]` },
   'batch-size-per-worker': { coerce: integer('batch-size-per-worker', 1), describe: 'Batch per worker in images; the global batch follows the active workers' },
   epochs: { default: COORDINATOR_DEFAULTS.epochs, coerce: integer('epochs', 1), describe: 'Passes over the training set' },
   seed: { default: COORDINATOR_DEFAULTS.seed, coerce: integer('seed', 0), describe: 'Seed of the initial weights and of every epoch shuffle' },
   'data-dir': { type: 'string', describe: 'Folder with train/t10k IDX files (raw or .gz) [default: the bundled MNIST]' },
-  'train-limit': { coerce: integer('train-limit', 1), describe: 'Train on the first N training images only' },
-  'test-limit': { coerce: integer('test-limit', 1), describe: 'Evaluate on the first N test images only' },
-  'max-steps': { coerce: integer('max-steps', 1), describe: 'Stop after N steps in total' },
+  'train-limit': { coerce: integer('train-limit', 1), describe: 'Train on the first N training images only [default: all]' },
+  'test-limit': { coerce: integer('test-limit', 1), describe: 'Evaluate on the first N test images only [default: all]' },
+  'max-steps': { coerce: integer('max-steps', 1), describe: 'Stop after N steps in total [default: no limit]' },
   output: { type: 'string', default: COORDINATOR_DEFAULTS.output, describe: 'Folder for the trained model (TensorFlow.js Layers format)' },
   'log-every-steps': { default: COORDINATOR_DEFAULTS.logEverySteps, coerce: integer('log-every-steps', 0), describe: 'Print a progress line every N steps (0: per epoch only)' },
   'evaluate-every-epoch': { type: 'boolean', default: COORDINATOR_DEFAULTS.evaluateEveryEpoch, describe: 'Evaluate on the test set after every epoch (the last is always evaluated)' },
@@ -80,7 +87,7 @@ export const COORDINATOR_OPTIONS = {
 
 export const WORKER_OPTIONS = {
   coordinator: { type: 'string', default: WORKER_DEFAULTS.coordinator, describe: 'WebSocket URL of the coordinator' },
-  name: { type: 'string', default: WORKER_DEFAULTS.name, describe: 'Worker name in logs and metrics [default: HOSTNAME-PID]' },
+  name: { type: 'string', describe: 'Worker name in logs and metrics [default: HOSTNAME-PID]' },
   'metrics-host': { type: 'string', default: WORKER_DEFAULTS.metricsHost, describe: 'Address of the worker /metrics endpoint' },
   'metrics-port': { default: WORKER_DEFAULTS.metricsPort, coerce: port('metrics-port'), describe: 'Port of the worker /metrics endpoint (0: any free port)' },
   'connect-timeout-ms': {
@@ -89,3 +96,33 @@ export const WORKER_OPTIONS = {
     describe: 'How long to keep retrying to reach the coordinator, in milliseconds',
   },
 } satisfies Record<string, Options>;
+
+export const EVALUATE_OPTIONS = {
+  'model-dir': { type: 'string', demandOption: true, describe: 'Folder with model.json and its weights, as written to --output' },
+  'data-dir': COORDINATOR_OPTIONS['data-dir'],
+  'test-limit': COORDINATOR_OPTIONS['test-limit'],
+} satisfies Record<string, Options>;
+
+/** `launch` takes the coordinator's options, with the two that also shape its workers described for it. */
+export const LAUNCH_OPTIONS = {
+  ...COORDINATOR_OPTIONS,
+  workers: { ...COORDINATOR_OPTIONS.workers, describe: 'Local worker processes to start; the first step waits for all of them' },
+  'metrics-port': {
+    ...COORDINATOR_OPTIONS['metrics-port'],
+    describe: 'Port of the coordinator /metrics; worker i gets this port + i (0: any free port for each)',
+  },
+} satisfies Record<string, Options>;
+
+/** The options of each command, by command name; the flag names are kebab-case. */
+export const COMMAND_OPTIONS: Record<string, string[]> = {
+  coordinator: Object.keys({ ...COORDINATOR_OPTIONS, ...COMMON_OPTIONS }),
+  worker: Object.keys({ ...WORKER_OPTIONS, ...COMMON_OPTIONS }),
+  launch: Object.keys({ ...LAUNCH_OPTIONS, ...COMMON_OPTIONS }),
+  evaluate: Object.keys({ ...EVALUATE_OPTIONS, ...COMMON_OPTIONS }),
+};
+
+// A value-taking flag given without a value ("--workers" at the end of a line) is an
+// error instead of silently meaning the default.
+for (const table of [COMMON_OPTIONS, COORDINATOR_OPTIONS, WORKER_OPTIONS, EVALUATE_OPTIONS, LAUNCH_OPTIONS] as Record<string, Options>[]) {
+  for (const option of Object.values(table)) if (option.type !== 'boolean') option.requiresArg = true;
+}

@@ -65,6 +65,12 @@ export class CoordinatorMetrics {
     registers: [this.registry],
   });
 
+  constructor() {
+    // NaN until the first evaluation, so that a dashboard does not read 0 as a result.
+    this.testAccuracy.set(Number.NaN);
+    this.testLoss.set(Number.NaN);
+  }
+
   readonly activeWorkers = new Gauge({
     name: 'gradfleet_active_workers',
     help: 'Workers taking part in steps.',

@@ -2,6 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { decodeWorkerMessage } from '../shared/codec.js';
+import { ListenError } from '../shared/metrics-server.js';
 import type { Logger } from '../shared/log.js';
 import { CLOSE_CODES, ProtocolError, type WorkerMessage } from '../shared/protocol.js';
 import { WorkerSession } from './session.js';
@@ -43,7 +44,7 @@ export class CoordinatorServer {
       server.once('listening', resolve);
       server.once('error', (error: NodeJS.ErrnoException) => {
         const hint = error.code === 'EADDRINUSE' ? '; pass another --port, or 0 for any free port' : '';
-        reject(new Error(`coordinator failed to listen on ${host}:${port}: ${error.message}${hint}`));
+        reject(new ListenError(`coordinator failed to listen on ${host}:${port}: ${error.message}${hint}`));
       });
     });
     return (server.address() as AddressInfo).port;

@@ -21,6 +21,14 @@ export interface AcceptedGradient {
   roundTripMs: number;
 }
 
+/** Raised when training cannot go on because the gradients stopped being finite. */
+export class TrainingDivergedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'TrainingDivergedError';
+  }
+}
+
 /** Stops training when one shard keeps producing invalid gradients on different workers. */
 const MAX_SHARD_REJECTIONS = 3;
 
@@ -127,7 +135,7 @@ export class StepRun {
     assignment.rejections++;
     if (assignment.rejections >= MAX_SHARD_REJECTIONS) {
       this.settle.reject(
-        new Error(
+        new TrainingDivergedError(
           `step ${this.step}: the gradient of one shard (${assignment.ids.length} samples) was invalid ${assignment.rejections} times ` +
             'on different workers; the model has probably diverged: lower --lr and restart',
         ),

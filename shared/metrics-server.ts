@@ -8,6 +8,14 @@ import type { Registry } from 'prom-client';
  */
 export const SECONDS_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
+/** Raised when a server cannot listen on its address, for example because the port is in use. */
+export class ListenError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ListenError';
+  }
+}
+
 /**
  * Serves one prom-client registry on `/metrics`. Each coordinator or worker owns its
  * registry and its server, so that two of them in one process never share series.
@@ -33,7 +41,7 @@ export class MetricsServer {
     await new Promise<void>((resolve, reject) => {
       server.once('error', (error: NodeJS.ErrnoException) => {
         const hint = error.code === 'EADDRINUSE' ? `; pass another --metrics-port, or 0 for any free port` : '';
-        reject(new Error(`metrics server failed to listen on ${host}:${port}: ${error.message}${hint}`));
+        reject(new ListenError(`metrics server failed to listen on ${host}:${port}: ${error.message}${hint}`));
       });
       server.listen(port, host, () => resolve());
     });

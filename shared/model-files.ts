@@ -56,7 +56,11 @@ export async function loadModel(folder: string): Promise<tf.LayersModel> {
   const weightSpecs = manifest.weightsManifest.flatMap((group) => group.weights);
   const buffers = [];
   for (const path of manifest.weightsManifest.flatMap((group) => group.paths)) {
-    buffers.push(await readFile(join(folder, path)));
+    try {
+      buffers.push(await readFile(join(folder, path)));
+    } catch (error) {
+      throw new ModelFilesError(`cannot read weights file ${join(folder, path)} listed in ${manifestPath}: ${(error as Error).message}; copy the whole folder given to --output`);
+    }
   }
   const weightData = Buffer.concat(buffers);
   return tf.loadLayersModel(

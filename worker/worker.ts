@@ -108,7 +108,7 @@ export class Worker {
       const error = await this.connectOnce();
       if (!error) return;
       if (Date.now() >= deadline) {
-        this.fail(new WorkerFatalError(`cannot reach the coordinator at ${this.options.coordinator} after ${attempt} attempts: ${error.message}; check --coordinator and that the coordinator is running`));
+        this.fail(new WorkerFatalError(`cannot reach the coordinator at ${this.options.coordinator} after ${attempt} attempt${attempt === 1 ? '' : 's'}: ${error.message}; check --coordinator and that the coordinator is running`));
         return;
       }
       if (attempt === 1 || attempt % 10 === 0) {

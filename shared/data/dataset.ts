@@ -60,7 +60,7 @@ const NUM_CLASSES = 10;
 export async function loadDataset(options: LoadDatasetOptions = {}): Promise<Dataset> {
   const trainLimit = validateLimit(options.trainLimit, 'trainLimit');
   const testLimit = validateLimit(options.testLimit, 'testLimit');
-  const source = path.resolve(options.dataDir ?? bundledMnistDir());
+  const source = dataSource(options.dataDir);
 
   const [train, test] = await Promise.all([
     loadSplit(source, DATASET_FILE_NAMES.trainImages, DATASET_FILE_NAMES.trainLabels),
@@ -75,6 +75,21 @@ export async function loadDataset(options: LoadDatasetOptions = {}): Promise<Dat
   }
 
   return { train: limitSplit(train, trainLimit), test: limitSplit(test, testLimit), source };
+}
+
+/** Reads only the test split, for evaluating a saved model without the training files. */
+export async function loadTestSplit(options: Pick<LoadDatasetOptions, 'dataDir' | 'testLimit'> = {}): Promise<Split> {
+  const testLimit = validateLimit(options.testLimit, 'testLimit');
+  const test = await loadSplit(dataSource(options.dataDir), DATASET_FILE_NAMES.testImages, DATASET_FILE_NAMES.testLabels);
+  return limitSplit(test, testLimit);
+}
+
+/** Returns the absolute data folder, checking that a folder given by the user exists. */
+function dataSource(dataDir: string | undefined): string {
+  if (dataDir === undefined) return path.resolve(bundledMnistDir());
+  const source = path.resolve(dataDir);
+  if (!existsSync(source)) throw new DatasetError(`data directory not found: ${source}; check --data-dir`);
+  return source;
 }
 
 /** Computes the SHA-256 of a split's images followed by its labels, as lowercase hex. */

@@ -20,6 +20,8 @@ describe('coordinator flags', () => {
     ['--workers 2.5', ['--workers', '2.5'], /invalid --workers 2.5: expected a whole number of at least 1/],
     ['--lr -1', ['--lr', '-1'], /invalid --lr -1: expected a number greater than 0/],
     ['--port 70000', ['--port', '70000'], /invalid --port 70000/],
+    ['--momentum 1', ['--optimizer', 'sgd', '--momentum', '1'], /invalid --momentum 1: expected a number from 0 up to, but not including, 1/],
+    ['--workers without a value', ['--workers'], /Not enough arguments following: workers/],
     ['--model resnet', ['--model', 'resnet'], /Invalid values:[\s\S]*model/],
     ['unknown flag', ['--epoch', '3'], /Unknown argument: epoch/],
   ];
@@ -69,6 +71,45 @@ describe('coordinator flags', () => {
     const run = new CliProcess(['coordinator', '--config', config]);
     expect(await run.exited).toBe(2);
     expect(run.stderr.join('\n')).toMatch(/invalid --workers "two"/);
+  });
+});
+
+describe('shared option sources', () => {
+  it('worker ignores coordinator variables', async () => {
+    const run = new CliProcess(['worker', '--coordinator', 'ws://127.0.0.1:9', '--connect-timeout-ms', '200', '--metrics-port', '0', '--backend', 'cpu'], {
+      GRADFLEET_EPOCHS: '3',
+      GRADFLEET_BATCH_SIZE: '32',
+    });
+    expect(await run.exited).toBe(1);
+    expect(run.stderr.join('\n')).toMatch(/cannot reach the coordinator/);
+  });
+
+  it('rejects a misspelt variable', async () => {
+    const run = new CliProcess(['coordinator'], { GRADFLEET_EPOCS: '3' });
+    expect(await run.exited).toBe(2);
+    expect(run.stderr.join('\n')).toMatch(/unknown environment variable GRADFLEET_EPOCS: no gradfleet option is named --epocs/);
+  });
+
+  it('worker reads a shared config file', async () => {
+    const config = join(temporaryFolder('config'), 'shared.json');
+    writeFileSync(config, JSON.stringify({ epochs: 2, 'batch-size': 32, coordinator: 'ws://127.0.0.1:9', connectTimeoutMs: 200 }));
+    const run = new CliProcess(['worker', '--config', config, '--metrics-port', '0', '--backend', 'cpu']);
+    expect(await run.exited).toBe(1);
+    expect(run.stderr.join('\n')).toMatch(/cannot reach the coordinator at ws:\/\/127.0.0.1:9/);
+  });
+
+  it('names a missing config file', async () => {
+    const run = new CliProcess(['coordinator', '--config', '/nonexistent/gradfleet.json']);
+    expect(await run.exited).toBe(2);
+    expect(run.stderr.join('\n')).toMatch(/cannot read config file \/nonexistent\/gradfleet.json: file not found/);
+  });
+
+  it('names an unknown config key', async () => {
+    const config = join(temporaryFolder('config'), 'typo.json');
+    writeFileSync(config, JSON.stringify({ epoch: 1 }));
+    const run = new CliProcess(['coordinator', '--config', config]);
+    expect(await run.exited).toBe(2);
+    expect(run.stderr.join('\n')).toMatch(/unknown option "epoch" in config file/);
   });
 });
 

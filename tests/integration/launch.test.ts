@@ -1,4 +1,6 @@
 import { existsSync } from 'node:fs';
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CliProcess, temporaryFolder } from '../helpers/cli.js';
@@ -63,6 +65,23 @@ describe('gradfleet launch', () => {
     expect(existsSync(join(output, 'model.json'))).toBe(true);
     expect(launch.output()).toMatch(/\[worker-1 *\] /);
   }, 240_000);
+
+  it('fails when a worker fails', async () => {
+    const blocker = createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    // Worker 2's metrics port is the coordinator's + 2, so taking that port makes worker 2 fail.
+    const base = (blocker.address() as AddressInfo).port - 2;
+    const launch = new CliProcess([
+      'launch', '--workers', '2', '--port', '0', '--metrics-port', String(base), '--backend', 'cpu', '--model', 'mlp',
+      '--train-limit', '1000', '--output', temporaryFolder('launch-fail'),
+    ]);
+    try {
+      expect(await launch.exited).toBe(1);
+      expect(launch.output()).toMatch(/worker-2 exited with status 1; stopping all processes/);
+    } finally {
+      blocker.close();
+    }
+  }, 60_000);
 
   it('stops every child on SIGTERM', async () => {
     const launch = new CliProcess([
