@@ -82,6 +82,11 @@ export const COORDINATOR_OPTIONS = {
   'max-steps': { coerce: integer('max-steps', 1), describe: 'Stop after N steps in total [default: no limit]' },
   output: { type: 'string', default: COORDINATOR_DEFAULTS.output, describe: 'Folder for the trained model (TensorFlow.js Layers format)' },
   'log-every-steps': { default: COORDINATOR_DEFAULTS.logEverySteps, coerce: integer('log-every-steps', 0), describe: 'Print a progress line every N steps (0: per epoch only)' },
+  'heartbeat-ms': {
+    default: COORDINATOR_DEFAULTS.heartbeatMs,
+    coerce: integer('heartbeat-ms', 50),
+    describe: 'Interval of heartbeats between coordinator and workers, in milliseconds; a peer that misses two is dropped',
+  },
   'evaluate-every-epoch': { type: 'boolean', default: COORDINATOR_DEFAULTS.evaluateEveryEpoch, describe: 'Evaluate on the test set after every epoch (the last is always evaluated)' },
 } satisfies Record<string, Options>;
 

@@ -8,7 +8,7 @@ import { saveModel } from '../shared/model-files.js';
 import { buildModel, modelTopology, parameterSpecs, trainableVariables, type ParameterSpec } from '../shared/models.js';
 import { DEFAULT_BATCH_SIZE, validateCoordinatorOptions, type CoordinatorOptions } from '../shared/options.js';
 import { CLOSE_CODES, PROTOCOL_VERSION, ProtocolError, type WireTensor, type WorkerMessage } from '../shared/protocol.js';
-import { evaluate, type EvaluationResult } from '../shared/training.js';
+import { evaluateInSlices, type EvaluationResult } from '../shared/training.js';
 import { CoordinatorMetrics } from './metrics.js';
 import { EpochPlan, SampleLedger, splitIntoShards } from './plan.js';
 import { CoordinatorClosedError, Membership } from './membership.js';
@@ -108,6 +108,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.weights = this.variables.map((variable) => Float32Array.from(variable.dataSync() as Float32Array));
     this.optimizer = makeOptimizer({ name: this.options.optimizer, lr: this.options.lr, momentum: this.options.momentum });
     this.port = await this.server.listen(this.options.host, this.options.port, this.maxPayloadBytes(train));
+    this.server.startHeartbeats(this.options.heartbeatMs);
     this.metricsPort = await this.metricsServer.listen(this.options.host, this.options.metricsPort);
     this.log.info('coordinator listening', {
       url: `ws://${this.options.host}:${this.port}`,
@@ -182,7 +183,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     }
 
     const elapsedSeconds = (performance.now() - started) / 1000;
-    const test = this.evaluateOnTestSet(epoch);
+    const test = await this.evaluateOnTestSet(epoch);
     const summary: EpochSummary = {
       epoch,
       epochs: this.options.epochs,
@@ -199,12 +200,12 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     return summary;
   }
 
-  private evaluateOnTestSet(epoch: number): EvaluationResult {
+  private async evaluateOnTestSet(epoch: number): Promise<EvaluationResult> {
     const last = epoch === this.options.epochs || this.reachedMaxSteps();
     if (!this.options.evaluateEveryEpoch && !last) return { loss: Number.NaN, accuracy: Number.NaN, count: 0 };
     const { test } = this.dataset!;
     this.syncModel();
-    const result = evaluate(this.model!, { images: test.images, labels: test.labels, count: test.count }, 10);
+    const result = await evaluateInSlices(this.model!, { images: test.images, labels: test.labels, count: test.count }, 10);
     this.metrics.testAccuracy.set(result.accuracy);
     this.metrics.testLoss.set(result.loss);
     return result;
@@ -343,6 +344,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       parameters: this.specs,
       inputShape: [rows, cols, channels],
       numClasses: 10,
+      heartbeatMs: this.options.heartbeatMs,
     });
   }
 

@@ -28,6 +28,7 @@ function closeCodeFor(error: ProtocolError): number {
 export class CoordinatorServer {
   private server?: WebSocketServer;
   private nextId = 1;
+  private heartbeat?: NodeJS.Timeout;
   readonly sessions = new Set<WorkerSession>();
 
   constructor(
@@ -59,7 +60,8 @@ export class CoordinatorServer {
       this.sessions.delete(session);
       const wasOpen = session.state !== 'closed';
       session.state = 'closed';
-      this.handlers.onClose(session, code, wasOpen ? reason.toString() : 'closed by the coordinator');
+      const why = session.closeReason ?? (wasOpen ? reason.toString() : 'closed by the coordinator');
+      this.handlers.onClose(session, code, why);
     });
     socket.on('error', (error: Error) => {
       // ws emits 'error' for oversized or invalid frames and then closes the socket.
@@ -83,7 +85,22 @@ export class CoordinatorServer {
     this.handlers.onMessage(session, message);
   }
 
+  /**
+   * Pings every connection every `intervalMs` and terminates those that missed two pings
+   * in a row, such as a worker stopped with SIGSTOP or cut off by the network.
+   */
+  startHeartbeats(intervalMs: number): void {
+    this.heartbeat = setInterval(() => {
+      for (const session of this.sessions) {
+        if (session.ping()) continue;
+        this.log.warn('worker missed 2 heartbeats; dropping it', { workerId: session.workerId, worker: session.workerName, heartbeatMs: intervalMs });
+        session.terminate('heartbeat timeout');
+      }
+    }, intervalMs);
+  }
+
   async close(): Promise<void> {
+    clearInterval(this.heartbeat);
     const server = this.server;
     this.server = undefined;
     if (!server) return;

@@ -28,12 +28,29 @@ export class WorkerSession {
   workerName = '';
   backend = '';
   gradfleetVersion = '';
+  /** Heartbeat pings sent since the last pong. */
+  missedHeartbeats = 0;
+  /** Why the coordinator ended the connection, for the disconnect log line. */
+  closeReason?: string;
 
   constructor(
     readonly workerId: string,
     private readonly socket: WebSocket,
     private readonly countSent: (bytes: number) => void,
-  ) {}
+  ) {
+    socket.on('pong', () => (this.missedHeartbeats = 0));
+  }
+
+  /**
+   * Sends a heartbeat ping and returns false when the previous two went unanswered, in
+   * which case the caller should end the connection.
+   */
+  ping(): boolean {
+    if (this.missedHeartbeats >= 2) return false;
+    this.missedHeartbeats++;
+    this.socket.ping();
+    return true;
+  }
 
   /** Moves to the state that `event` leads to, or raises if the event is out of order. */
   transition(event: keyof typeof TRANSITIONS): void {
@@ -66,9 +83,9 @@ export class WorkerSession {
     this.socket.close(closeCode, reason.slice(0, 120));
   }
 
-  /** Ends the connection at once, without a closing handshake. */
-  terminate(): void {
-    this.state = 'closed';
+  /** Ends the connection at once, without a closing handshake; `reason` goes to the log. */
+  terminate(reason?: string): void {
+    this.closeReason = reason;
     this.socket.terminate();
   }
 }

@@ -55,6 +55,8 @@ export interface CoordinatorOptions extends CommonOptions {
   logEverySteps: number;
   /** Skip the test-set evaluation after each epoch (the last one is always evaluated). */
   evaluateEveryEpoch: boolean;
+  /** Interval of WebSocket pings to each worker, in milliseconds; a peer that misses two is dropped. */
+  heartbeatMs: number;
 }
 
 export interface WorkerOptions extends CommonOptions {
@@ -94,6 +96,7 @@ export const COORDINATOR_DEFAULTS: CoordinatorOptions = {
   output: 'gradfleet-model',
   logEverySteps: 0,
   evaluateEveryEpoch: true,
+  heartbeatMs: 5_000,
 };
 
 export const WORKER_DEFAULTS: WorkerOptions = {

@@ -42,6 +42,8 @@ export interface WelcomeMessage {
   parameters: { name: string; shape: number[] }[];
   inputShape: number[];
   numClasses: number;
+  /** Interval of the coordinator's pings, in milliseconds; no ping for two intervals means it is gone. */
+  heartbeatMs: number;
 }
 
 /** Worker → coordinator: the start-up self-check passed and the worker can take shards. */

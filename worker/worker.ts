@@ -69,6 +69,9 @@ export class Worker {
   private parameterNames: string[] = [];
   private numClasses = 10;
   private weightsStep = -1;
+  /** When the coordinator last pinged, by performance.now(); see `watchHeartbeats`. */
+  private lastPingAt = 0;
+  private heartbeatTimer?: NodeJS.Timeout;
   private stopping = false;
   private finish!: { resolve: () => void; reject: (error: Error) => void };
   metricsPort = 0;
@@ -141,6 +144,7 @@ export class Worker {
       this.metrics.receivedBytes.inc(frame.byteLength);
       this.receive(frame).catch((error: Error) => this.fail(error));
     });
+    socket.on('ping', () => (this.lastPingAt = performance.now()));
     socket.on('close', (code: number, reason: Buffer) => this.onClose(code, reason.toString()));
     socket.on('error', (error: Error) => this.log.warn('connection error', { url: this.options.coordinator, error: error.message }));
   }
@@ -196,8 +200,28 @@ export class Worker {
       return;
     }
     this.state = 'joined';
+    this.watchHeartbeats(message.heartbeatMs);
     this.log.info('joined', { workerId: message.workerId, selfCheckMs: Math.round(selfCheckMs) });
     this.send({ type: 'ready', selfCheckMs });
+  }
+
+  /**
+   * Ends the connection when the coordinator has not pinged for two intervals, so that a
+   * vanished coordinator (crashed host, cut network) leads to a reconnect instead of a
+   * wait for ever. The check runs after pending I/O (setImmediate), so pings that arrived
+   * while this process was busy computing count.
+   */
+  private watchHeartbeats(intervalMs: number): void {
+    clearInterval(this.heartbeatTimer);
+    this.lastPingAt = performance.now();
+    this.heartbeatTimer = setInterval(() => {
+      setImmediate(() => {
+        const silentMs = performance.now() - this.lastPingAt;
+        if (silentMs <= 2 * intervalMs || !this.socket) return;
+        this.log.warn('no heartbeat from the coordinator; reconnecting', { silentMs: Math.round(silentMs), heartbeatMs: intervalMs });
+        this.socket.terminate();
+      });
+    }, intervalMs);
   }
 
   private checkParameters(message: WelcomeMessage): void {
@@ -255,6 +279,7 @@ export class Worker {
 
   private onClose(code: number, reason: string): void {
     this.socket = undefined;
+    clearInterval(this.heartbeatTimer);
     if (this.stopping) return;
     if (this.state === 'done' || code === CLOSE_CODES.trainingComplete) {
       this.state = 'done';
@@ -286,6 +311,7 @@ export class Worker {
   /** Closes the connection, the metrics server and the model; safe to call twice. */
   async close(): Promise<void> {
     this.stopping = true;
+    clearInterval(this.heartbeatTimer);
     this.socket?.terminate();
     this.socket = undefined;
     await this.metricsServer.close();

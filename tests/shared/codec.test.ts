@@ -119,6 +119,7 @@ describe('encodeMessage round trip', () => {
       ],
       inputShape: [28, 28, 1],
       numClasses: 10,
+      heartbeatMs: 5000,
     };
 
     expect(decodeCoordinatorMessage(encodeMessage(welcome))).toEqual(welcome);
@@ -364,7 +365,7 @@ describe('decoder rejections', () => {
   });
 
   it.each<[string, Message]>([
-    ['welcome', { type: 'welcome', protocolVersion: PROTOCOL_VERSION, workerId: 'w-1', modelTopology: {}, parameters: [], inputShape: [28, 28, 1], numClasses: 10 }],
+    ['welcome', { type: 'welcome', protocolVersion: PROTOCOL_VERSION, workerId: 'w-1', modelTopology: {}, parameters: [], inputShape: [28, 28, 1], numClasses: 10, heartbeatMs: 5000 }],
     ['weights', { type: 'weights', step: 0, tensors: [] }],
     ['shard', { type: 'shard', step: 0, epoch: 0, sampleIds: Uint32Array.from([1]), images: new Uint8Array(4), labels: new Uint8Array(1) }],
     ['done', { type: 'done', reason: 'finished' }],
