@@ -60,8 +60,8 @@ export class CoordinatorServer {
       this.sessions.delete(session);
       const wasOpen = session.state !== 'closed';
       session.state = 'closed';
-      const why = session.closeReason ?? (wasOpen ? reason.toString() : 'closed by the coordinator');
-      this.handlers.onClose(session, code, why);
+      const closeReason = session.closeReason ?? (wasOpen ? reason.toString() : 'closed by the coordinator');
+      this.handlers.onClose(session, code, closeReason);
     });
     socket.on('error', (error: Error) => {
       // ws emits 'error' for oversized or invalid frames and then closes the socket.
