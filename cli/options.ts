@@ -87,6 +87,11 @@ export const COORDINATOR_OPTIONS = {
     coerce: integer('heartbeat-ms', 50),
     describe: 'Interval of heartbeats between coordinator and workers, in milliseconds; a peer that misses two is dropped',
   },
+  'step-timeout-ms': {
+    default: COORDINATOR_DEFAULTS.stepTimeoutMs,
+    coerce: integer('step-timeout-ms', 1),
+    describe: 'Time a worker has to return its shard gradient, in milliseconds; then another worker computes the shard',
+  },
   'evaluate-every-epoch': { type: 'boolean', default: COORDINATOR_DEFAULTS.evaluateEveryEpoch, describe: 'Evaluate on the test set after every epoch (the last is always evaluated)' },
 } satisfies Record<string, Options>;
 

@@ -19,6 +19,9 @@ import { StepRun } from './step.js';
 
 export { CoordinatorClosedError };
 
+/** Step deadlines a worker may miss in a row before it is disconnected. */
+const MAX_CONSECUTIVE_TIMEOUTS = 3;
+
 /** One line of the per-epoch report, as Keras fit() prints it. */
 export interface EpochSummary {
   epoch: number;
@@ -251,11 +254,30 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     let settled = false;
     const finished = run.finished.finally(() => (settled = true));
     while (!settled) {
+      this.expireLateShards(run);
       run.assign(this.membership.active());
       if (run.hasUnassigned && this.membership.active().length === 0) this.admitIntoRunningStep(run);
-      await Promise.race([finished, this.membership.changed()]);
+      await Promise.race([finished, this.membership.changed(Math.min(1_000, this.options.stepTimeoutMs / 2))]);
     }
     await finished;
+  }
+
+  /**
+   * Gives the shards of workers past the step deadline to other workers. A worker that
+   * misses MAX_CONSECUTIVE_TIMEOUTS deadlines in a row is disconnected.
+   */
+  private expireLateShards(run: StepRun): void {
+    for (const session of run.expire(this.options.stepTimeoutMs)) {
+      session.consecutiveTimeouts++;
+      this.metrics.stepTimeouts.inc({ worker: session.workerName });
+      const context = { workerId: session.workerId, worker: session.workerName, step: run.step, stepTimeoutMs: this.options.stepTimeoutMs, missedInARow: session.consecutiveTimeouts };
+      if (session.consecutiveTimeouts < MAX_CONSECUTIVE_TIMEOUTS) {
+        this.log.warn('straggler missed the step deadline; its shard goes to another worker', context);
+        continue;
+      }
+      this.log.warn('straggler missed the step deadline too often; dropping it', context);
+      session.terminate(`step timeout: ${MAX_CONSECUTIVE_TIMEOUTS} deadlines missed in a row`);
+    }
   }
 
   private admitIntoRunningStep(run: StepRun): void {
@@ -358,6 +380,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       run.assign(this.membership.active());
     }
     const labels = { worker: session.workerName };
+    session.consecutiveTimeouts = 0;
     this.metrics.workerCompute.observe(labels, accepted.computeMs / 1000);
     this.metrics.workerWait.observe(labels, Math.max(0, accepted.roundTripMs - accepted.computeMs) / 1000);
   }

@@ -96,6 +96,13 @@ export class CoordinatorMetrics {
     registers: [this.registry],
   });
 
+  readonly stepTimeouts = new Counter({
+    name: 'gradfleet_step_timeouts_total',
+    help: 'Shards taken back from a worker because it missed the step deadline (--step-timeout-ms), by worker.',
+    labelNames: ['worker'],
+    registers: [this.registry],
+  });
+
   readonly workerInfo = new Gauge({
     name: 'gradfleet_worker_info',
     help: 'Set to 1 for each connected worker; the labels carry its backend and gradfleet version.',

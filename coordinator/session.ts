@@ -30,6 +30,8 @@ export class WorkerSession {
   gradfleetVersion = '';
   /** Heartbeat pings sent since the last pong. */
   missedHeartbeats = 0;
+  /** Step deadlines missed in a row; reset by an accepted gradient. */
+  consecutiveTimeouts = 0;
   /** Why the coordinator ended the connection, for the disconnect log line. */
   closeReason?: string;
 

@@ -41,6 +41,8 @@ const MAX_SHARD_REJECTIONS = 3;
 export class StepRun {
   private readonly queue: Assignment[];
   private readonly assigned = new Map<WorkerSession, Assignment>();
+  /** Workers still computing a shard whose deadline passed; their gradient will be discarded. */
+  private readonly late = new Set<WorkerSession>();
   readonly accumulator: GradientAccumulator;
   lossSum = 0;
   correct = 0;
@@ -74,7 +76,7 @@ export class StepRun {
   assign(sessions: Iterable<WorkerSession>): void {
     const candidates = [...sessions].filter((session) => session.state === 'active');
     for (const assignment of [...this.queue]) {
-      const idle = candidates.filter((session) => !this.assigned.has(session));
+      const idle = candidates.filter((session) => !this.assigned.has(session) && !this.late.has(session));
       const fresh = idle.filter((session) => !assignment.rejectedBy.has(session));
       const everyoneRejected = candidates.every((session) => assignment.rejectedBy.has(session));
       const session = fresh[0] ?? (everyoneRejected ? idle[0] : undefined);
@@ -95,6 +97,9 @@ export class StepRun {
       throw new ProtocolError('STALE_GRADIENT', `gradient for step ${message.step} rejected: the coordinator is at step ${this.step}`);
     }
     const assignment = this.assigned.get(session);
+    if (!assignment && this.late.delete(session)) {
+      throw new ProtocolError('STALE_GRADIENT', `gradient for step ${message.step} from worker ${session.workerId} rejected: it arrived after the step deadline`);
+    }
     if (!assignment) {
       throw new ProtocolError('UNEXPECTED_MESSAGE', `gradient for step ${message.step} rejected: worker ${session.workerId} has no shard in this step`);
     }
@@ -116,6 +121,23 @@ export class StepRun {
     this.resolveIfDone();
     const roundTripMs = performance.now() - assignment.sentAtMs;
     return { session, count: message.count, computeMs: message.computeMs, roundTripMs };
+  }
+
+  /**
+   * Takes back every shard sent more than `timeoutMs` ago and returns the workers that
+   * had them. Their gradients for this step will be discarded when they arrive.
+   */
+  expire(timeoutMs: number): WorkerSession[] {
+    const now = performance.now();
+    const expired: WorkerSession[] = [];
+    for (const [session, assignment] of this.assigned) {
+      if (now - assignment.sentAtMs <= timeoutMs) continue;
+      this.assigned.delete(session);
+      this.late.add(session);
+      this.queue.push(assignment);
+      expired.push(session);
+    }
+    return expired;
   }
 
   /** Puts a lost worker's shard back in the queue. */

@@ -57,6 +57,8 @@ export interface CoordinatorOptions extends CommonOptions {
   evaluateEveryEpoch: boolean;
   /** Interval of WebSocket pings to each worker, in milliseconds; a peer that misses two is dropped. */
   heartbeatMs: number;
+  /** Time a worker has to return a shard's gradient, in milliseconds, before the shard goes to another worker. */
+  stepTimeoutMs: number;
 }
 
 export interface WorkerOptions extends CommonOptions {
@@ -97,6 +99,7 @@ export const COORDINATOR_DEFAULTS: CoordinatorOptions = {
   logEverySteps: 0,
   evaluateEveryEpoch: true,
   heartbeatMs: 5_000,
+  stepTimeoutMs: 60_000,
 };
 
 export const WORKER_DEFAULTS: WorkerOptions = {

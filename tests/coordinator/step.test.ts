@@ -410,3 +410,62 @@ describe('StepRun finished', () => {
     await expect(run.finished).rejects.toThrow('coordinator shutting down');
   });
 });
+
+describe('StepRun deadline', () => {
+  it('expire gives a late shard away', async () => {
+    const late = fakeSession('late');
+    const quick = fakeSession('quick');
+    const { run, sent } = makeRun([[1, 2], [3, 4]]);
+    run.assign([late, quick]);
+    run.accept(quick, gradient(2));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+
+    expect(run.expire(10)).toEqual([late]);
+    run.assign([late, quick]);
+    expect(lastShardOf(sent, quick)).toEqual([1, 2]);
+    expect(sent.filter((entry) => entry.session === late)).toHaveLength(1);
+  });
+
+  it('late gradient is stale', async () => {
+    const late = fakeSession('late');
+    const quick = fakeSession('quick');
+    const { run } = makeRun([[1, 2], [3, 4]]);
+    run.assign([late, quick]);
+    run.accept(quick, gradient(2));
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    run.expire(10);
+    run.assign([late, quick]);
+
+    expectCode(() => run.accept(late, gradient(2)), 'STALE_GRADIENT');
+    run.accept(quick, gradient(2));
+    const settled = trackSettled(run.finished);
+    await flushPromises();
+    expect(settled.resolved).toBe(true);
+  });
+
+  it('late worker takes work once idle', async () => {
+    const late = fakeSession('late');
+    const { run, sent } = makeRun([[1, 2]]);
+    run.assign([late]);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    run.expire(10);
+    run.assign([late]);
+    expect(sent).toHaveLength(1);
+
+    // Once its late gradient is in, the worker is idle and gets the shard back.
+    expectCode(() => run.accept(late, gradient(2)), 'STALE_GRADIENT');
+    run.assign([late]);
+    expect(sent).toHaveLength(2);
+    run.accept(late, gradient(2));
+    const settled = trackSettled(run.finished);
+    await flushPromises();
+    expect(settled.resolved).toBe(true);
+  });
+
+  it('expire keeps fresh shards', () => {
+    const worker = fakeSession('fresh');
+    const { run } = makeRun([[1, 2]]);
+    run.assign([worker]);
+    expect(run.expire(60_000)).toEqual([]);
+  });
+});
