@@ -68,6 +68,11 @@ export const COORDINATOR_OPTIONS = {
   port: { default: COORDINATOR_DEFAULTS.port, coerce: port('port'), describe: 'WebSocket port for workers (0: any free port)' },
   'metrics-port': { default: COORDINATOR_DEFAULTS.metricsPort, coerce: port('metrics-port'), describe: 'Port of the Prometheus /metrics endpoint (0: any free port)' },
   workers: { default: COORDINATOR_DEFAULTS.workers, coerce: integer('workers', 1), describe: 'Workers that must join before the first step' },
+  'min-workers': {
+    default: COORDINATOR_DEFAULTS.minWorkers,
+    coerce: integer('min-workers', 1),
+    describe: 'Fewest active workers to train with; below it the coordinator pauses until enough are back',
+  },
   model: { choices: MODEL_NAMES, default: COORDINATOR_DEFAULTS.model, describe: 'cnn: the Keras MNIST CNN; mlp: 784-128-10' },
   optimizer: { choices: OPTIMIZER_NAMES, default: COORDINATOR_DEFAULTS.optimizer, describe: 'Optimizer applied by the coordinator' },
   lr: { default: COORDINATOR_DEFAULTS.lr, coerce: real('lr', 0, false), describe: 'Learning rate' },

@@ -242,6 +242,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.metrics.examples.inc(run.accumulator.count);
     this.metrics.trainLoss.set(run.lossSum / run.accumulator.count);
     this.metrics.stepDuration.observe((performance.now() - startedAt) / 1000);
+    this.reportStraggler(run);
     this.emit('step', { step, epoch, examples: run.accumulator.count, loss: run.lossSum / run.accumulator.count });
     return run;
   }
@@ -260,6 +261,19 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       await Promise.race([finished, this.membership.changed(Math.min(1_000, this.options.stepTimeoutMs / 2))]);
     }
     await finished;
+  }
+
+  /** Counts and logs (at debug level) the worker whose gradient came in last. */
+  private reportStraggler(run: StepRun): void {
+    const slowest = run.slowest;
+    if (!slowest) return;
+    this.metrics.slowestWorker.inc({ worker: slowest.session.workerName });
+    this.log.debug('step applied', {
+      step: run.step,
+      slowestWorker: slowest.session.workerName,
+      computeMs: Math.round(slowest.computeMs),
+      transferMs: Math.round(Math.max(0, slowest.roundTripMs - slowest.computeMs)),
+    });
   }
 
   /**
@@ -286,9 +300,17 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     run.assign(this.membership.active());
   }
 
-  /** At a step boundary, admits every ready worker; waits for one when none is active. */
+  /**
+   * At a step boundary, admits every ready worker. Below --min-workers it pauses, saying
+   * what it waits for, until enough workers are ready again.
+   */
   private async admitWaitingWorkers(): Promise<WorkerSession[]> {
-    if (this.membership.active().length === 0) await this.membership.waitFor(1, 'to continue training');
+    const { minWorkers } = this.options;
+    if (this.membership.readyCount() < minWorkers) {
+      this.log.warn('training paused: too few workers', { active: this.membership.active().length, minWorkers, step: this.stepCount });
+      await this.membership.waitFor(minWorkers, `to resume training (--min-workers ${minWorkers})`);
+      this.log.info('training resumed', { ready: this.membership.readyCount(), step: this.stepCount });
+    }
     this.membership.admitWaiting(this.stepCount);
     const active = this.membership.active();
     this.metrics.activeWorkers.set(active.length);

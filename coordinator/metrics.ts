@@ -96,6 +96,13 @@ export class CoordinatorMetrics {
     registers: [this.registry],
   });
 
+  readonly slowestWorker = new Counter({
+    name: 'gradfleet_step_slowest_worker_total',
+    help: 'Steps in which this worker returned its gradient last (the straggler of the step), by worker.',
+    labelNames: ['worker'],
+    registers: [this.registry],
+  });
+
   readonly stepTimeouts = new Counter({
     name: 'gradfleet_step_timeouts_total',
     help: 'Shards taken back from a worker because it missed the step deadline (--step-timeout-ms), by worker.',

@@ -46,6 +46,8 @@ export class StepRun {
   readonly accumulator: GradientAccumulator;
   lossSum = 0;
   correct = 0;
+  /** The accepted gradient with the longest round trip: the step's straggler. */
+  slowest?: AcceptedGradient;
   /** Sample ids whose gradients were accepted, in arrival order. */
   readonly usedIds: Uint32Array[] = [];
   private settle!: { resolve: () => void; reject: (error: Error) => void };
@@ -118,9 +120,10 @@ export class StepRun {
     this.lossSum += message.loss * message.count;
     this.correct += message.correct;
     this.usedIds.push(assignment.ids);
+    const accepted = { session, count: message.count, computeMs: message.computeMs, roundTripMs: performance.now() - assignment.sentAtMs };
+    if (!this.slowest || accepted.roundTripMs > this.slowest.roundTripMs) this.slowest = accepted;
     this.resolveIfDone();
-    const roundTripMs = performance.now() - assignment.sentAtMs;
-    return { session, count: message.count, computeMs: message.computeMs, roundTripMs };
+    return accepted;
   }
 
   /**

@@ -28,6 +28,8 @@ export interface CoordinatorOptions extends CommonOptions {
   metricsPort: number;
   /** Workers that must have joined before the first step. */
   workers: number;
+  /** Fewest active workers to take a step with; below it the coordinator pauses at the next step boundary. */
+  minWorkers: number;
   model: ModelName;
   optimizer: OptimizerName;
   /** Learning rate. */
@@ -89,6 +91,7 @@ export const COORDINATOR_DEFAULTS: CoordinatorOptions = {
   port: 7070,
   metricsPort: 9400,
   workers: 2,
+  minWorkers: 1,
   model: 'cnn',
   optimizer: 'adam',
   lr: 0.001,
@@ -123,6 +126,9 @@ export class OptionError extends Error {
 export function validateCoordinatorOptions(options: CoordinatorOptions): void {
   if (options.optimizer === 'adam' && options.momentum !== 0) {
     throw new OptionError(`--momentum ${options.momentum} applies only to --optimizer sgd; Adam keeps its own moment estimates`);
+  }
+  if (options.minWorkers > options.workers) {
+    throw new OptionError(`--min-workers ${options.minWorkers} exceeds --workers ${options.workers}; training could never start. Lower --min-workers or raise --workers`);
   }
   if (options.batchSizePerWorker !== undefined && options.batchSize !== undefined) {
     throw new OptionError(

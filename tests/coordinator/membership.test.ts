@@ -71,6 +71,42 @@ describe('coordinator membership', () => {
     expect(result.steps).toBe(Math.ceil(1200 / 64));
   }, 60_000);
 
+  it('pauses below --min-workers', async () => {
+    let coordinator: Coordinator;
+    let rescuer: ReturnType<typeof startWorker> | undefined;
+    const messages: string[] = [];
+    const watcher = new Logger({
+      format: 'json',
+      level: 'info',
+      name: 'test',
+      write: (line) => {
+        const { msg } = JSON.parse(line);
+        messages.push(msg);
+        if (msg === 'training paused: too few workers' && !rescuer) rescuer = startWorker(coordinator, 'rescuer');
+      },
+    });
+    coordinator = new Coordinator(coordinatorOptions({ workers: 2, minWorkers: 2, batchSize: 64 }), watcher, dataset);
+    cleanup.push(coordinator);
+    await coordinator.start();
+    const stays = startWorker(coordinator, 'stays');
+    const leaves = startWorker(coordinator, 'leaves');
+    leaves.done.catch(() => {});
+    coordinator.on('step', ({ step }) => {
+      if (step === 3) void leaves.worker.close();
+    });
+    const result = await coordinator.run();
+    await stays.done;
+    await rescuer!.done;
+
+    expect(messages).toContain('training paused: too few workers');
+    expect(messages.indexOf('training resumed')).toBeGreaterThan(messages.indexOf('training paused: too few workers'));
+    expect(result.epochs[0].samples).toEqual({ unused: 0, once: 1200, repeated: 0 });
+  }, 60_000);
+
+  it('rejects min-workers above workers', () => {
+    expect(() => new Coordinator(coordinatorOptions({ workers: 2, minWorkers: 3 }), silent, dataset)).toThrow(/--min-workers 3 exceeds --workers 2/);
+  });
+
   it('runs two coordinators at once', async () => {
     const first = new Coordinator(coordinatorOptions({ workers: 1, maxSteps: 3 }), silent, dataset);
     const second = new Coordinator(coordinatorOptions({ workers: 1, maxSteps: 3 }), silent, dataset);

@@ -18,6 +18,8 @@ const COORDINATOR_METRICS = [
   'gradfleet_sent_bytes_total',
   'gradfleet_received_bytes_total',
   'gradfleet_rejected_messages_total',
+  'gradfleet_step_slowest_worker_total{worker="worker-',
+  'gradfleet_step_timeouts_total',
   'gradfleet_worker_info{worker="worker-1",backend="wasm",version=',
 ];
 
