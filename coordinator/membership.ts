@@ -14,8 +14,8 @@ export class CoordinatorClosedError extends Error {
 
 /**
  * The coordinator's view of which workers take part. Sessions are admitted at step
- * boundaries; any number of waiters can wait for the next change (a worker connected,
- * became ready, sent a message or left).
+ * boundaries. Any number of waiters can wait for the next change: a worker connected,
+ * became ready, sent a message or left.
  */
 export class Membership {
   private waiters: (() => void)[] = [];
