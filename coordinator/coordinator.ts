@@ -249,7 +249,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 
   /**
    * Waits for a step's gradients. A shard given back by a lost worker goes to an idle
-   * active worker; when no worker is left, the first one to become ready joins this step.
+   * active worker. When no worker is left, the first one to become ready joins this step.
    */
   private async waitForStep(run: StepRun): Promise<void> {
     let settled = false;

@@ -32,7 +32,7 @@ export class WorkerSession {
   missedHeartbeats = 0;
   /** Step deadlines missed in a row; reset by an accepted gradient. */
   consecutiveTimeouts = 0;
-  /** Why the coordinator ended the connection, for the disconnect log line. */
+  /** Reason the coordinator ended the connection, for the disconnect log line. */
   closeReason?: string;
 
   constructor(

@@ -28,7 +28,7 @@ export interface CoordinatorOptions extends CommonOptions {
   metricsPort: number;
   /** Workers that must have joined before the first step. */
   workers: number;
-  /** Fewest active workers to take a step with; below it the coordinator pauses at the next step boundary. */
+  /** Minimum number of active workers for a step; below it the coordinator pauses at the next step boundary. */
   minWorkers: number;
   model: ModelName;
   optimizer: OptimizerName;
