@@ -92,6 +92,10 @@ export const COORDINATOR_OPTIONS = {
     coerce: integer('heartbeat-ms', 50),
     describe: 'Interval of heartbeats between coordinator and workers, in milliseconds; a peer that misses two is dropped',
   },
+  'max-message-bytes': {
+    coerce: integer('max-message-bytes', 1),
+    describe: 'Largest message accepted from a worker, in bytes [default: one gradient message of the model plus 64 KiB]',
+  },
   'step-timeout-ms': {
     default: COORDINATOR_DEFAULTS.stepTimeoutMs,
     coerce: integer('step-timeout-ms', 1),

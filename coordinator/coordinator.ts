@@ -6,7 +6,7 @@ import type { Logger } from '../shared/log.js';
 import { MetricsServer } from '../shared/metrics-server.js';
 import { saveModel } from '../shared/model-files.js';
 import { buildModel, modelTopology, parameterSpecs, trainableVariables, type ParameterSpec } from '../shared/models.js';
-import { DEFAULT_BATCH_SIZE, validateCoordinatorOptions, type CoordinatorOptions } from '../shared/options.js';
+import { DEFAULT_BATCH_SIZE, OptionError, validateCoordinatorOptions, type CoordinatorOptions } from '../shared/options.js';
 import { CLOSE_CODES, PROTOCOL_VERSION, ProtocolError, type WireTensor, type WorkerMessage } from '../shared/protocol.js';
 import { evaluateInSlices, type EvaluationResult } from '../shared/training.js';
 import { CoordinatorMetrics } from './metrics.js';
@@ -68,6 +68,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   /** The weights being trained, in `specs` order; the model's variables are synced from them only to evaluate and save. */
   private weights: Float32Array[] = [];
   private optimizer?: Optimizer;
+  private limits = { receive: 0, send: 0 };
   private currentStep?: StepRun;
   private currentWeightsFrame?: Buffer;
   private stepCount = 0;
@@ -110,7 +111,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.specs = parameterSpecs(this.model);
     this.weights = this.variables.map((variable) => Float32Array.from(variable.dataSync() as Float32Array));
     this.optimizer = makeOptimizer({ name: this.options.optimizer, lr: this.options.lr, momentum: this.options.momentum });
-    this.port = await this.server.listen(this.options.host, this.options.port, this.maxPayloadBytes(train));
+    this.limits = this.messageLimits(train);
+    this.port = await this.server.listen(this.options.host, this.options.port, this.limits.receive);
     this.server.startHeartbeats(this.options.heartbeatMs);
     this.metricsPort = await this.metricsServer.listen(this.options.host, this.options.metricsPort);
     this.log.info('coordinator listening', {
@@ -130,13 +132,24 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   /**
-   * Returns the largest message a worker may send, in bytes: a gradient message has the
-   * size of a weights message, and 64 KiB covers its names, shapes and msgpack framing.
+   * Returns the message size limits in bytes, from the model. A worker's gradient message
+   * is the size of a weights message, measured by encoding one; 64 KiB covers the loss,
+   * counts and framing. The coordinator sends weights messages and shards, and a worker
+   * that takes over another's shard gets it in a message of its own.
    */
-  private maxPayloadBytes(train: Split): number {
-    const parameterCount = this.specs.reduce((sum, spec) => sum + spec.shape.reduce((a, b) => a * b, 1), 0);
-    const largestShard = Math.max(this.options.batchSize ?? DEFAULT_BATCH_SIZE, this.options.batchSizePerWorker ?? 0);
-    return 4 * parameterCount + largestShard * (train.rows * train.cols + 5) + 65_536;
+  private messageLimits(train: Split): { receive: number; send: number } {
+    const weightsBytes = encodeMessage({ type: 'weights', step: 0, tensors: this.weightTensors(this.weights) }).byteLength;
+    const configured = this.options.maxMessageBytes;
+    if (configured !== undefined && configured < weightsBytes) {
+      throw new OptionError(
+        `--max-message-bytes ${configured} is smaller than one weights message of this model (${weightsBytes} bytes); ` +
+          `raise it to at least ${weightsBytes + 65_536}, or leave it unset to derive it from the model`,
+      );
+    }
+    // A shard holds at most one worker's batch: the whole global batch when one worker is left.
+    const largestShard = this.options.batchSizePerWorker ?? this.options.batchSize ?? DEFAULT_BATCH_SIZE;
+    const shardBytes = largestShard * (train.rows * train.cols + 5) + 65_536;
+    return { receive: configured ?? weightsBytes + 65_536, send: Math.max(weightsBytes + 65_536, shardBytes) };
   }
 
   private globalBatchSize(activeWorkers: number): number {
@@ -389,6 +402,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       inputShape: [rows, cols, channels],
       numClasses: 10,
       heartbeatMs: this.options.heartbeatMs,
+      maxMessageBytes: this.limits.send,
     });
   }
 

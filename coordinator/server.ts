@@ -29,6 +29,7 @@ export class CoordinatorServer {
   private server?: WebSocketServer;
   private nextId = 1;
   private heartbeat?: NodeJS.Timeout;
+  private maxPayloadBytes = 0;
   readonly sessions = new Set<WorkerSession>();
 
   constructor(
@@ -38,6 +39,7 @@ export class CoordinatorServer {
 
   /** Starts listening and returns the port; frames over `maxPayloadBytes` close the connection. */
   async listen(host: string, port: number, maxPayloadBytes: number): Promise<number> {
+    this.maxPayloadBytes = maxPayloadBytes;
     const server = new WebSocketServer({ host, port, maxPayload: maxPayloadBytes, perMessageDeflate: false });
     this.server = server;
     server.on('connection', (socket, request) => this.accept(socket, request));
@@ -63,8 +65,12 @@ export class CoordinatorServer {
       const closeReason = session.closeReason ?? (wasOpen ? reason.toString() : 'closed by the coordinator');
       this.handlers.onClose(session, code, closeReason);
     });
-    socket.on('error', (error: Error) => {
-      // ws emits 'error' for oversized or invalid frames and then closes the socket.
+    socket.on('error', (error: Error & { code?: string }) => {
+      // ws emits 'error' for oversized or invalid frames and then closes the socket (1009 for oversized).
+      if (error.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') {
+        this.handlers.onRejected(session, new ProtocolError('MESSAGE_TOO_BIG', `message over the limit of ${this.maxPayloadBytes} bytes: ${error.message}`));
+        return;
+      }
       this.log.warn('worker connection error', { workerId: session.workerId, error: error.message });
     });
   }

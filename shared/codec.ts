@@ -225,6 +225,7 @@ function validateWelcome(fields: Fields): Message {
     inputShape: requireShape(fields.inputShape, type, 'field "inputShape"'),
     numClasses: requireNumber(fields, type, 'numClasses', { integer: true, min: 2 }),
     heartbeatMs: requireNumber(fields, type, 'heartbeatMs', { integer: true, min: 1 }),
+    maxMessageBytes: requireNumber(fields, type, 'maxMessageBytes', { integer: true, min: 1 }),
   };
 }
 

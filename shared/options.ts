@@ -59,6 +59,8 @@ export interface CoordinatorOptions extends CommonOptions {
   evaluateEveryEpoch: boolean;
   /** Interval of WebSocket pings to each worker, in milliseconds; a peer that misses two is dropped. */
   heartbeatMs: number;
+  /** Largest message accepted from a worker, in bytes; derived from the model when unset. */
+  maxMessageBytes?: number;
   /** Time a worker has to return a shard's gradient, in milliseconds, before the shard goes to another worker. */
   stepTimeoutMs: number;
 }

@@ -44,6 +44,8 @@ export interface WelcomeMessage {
   numClasses: number;
   /** Interval of the coordinator's pings, in milliseconds; no ping for two intervals means it is gone. */
   heartbeatMs: number;
+  /** Largest message the coordinator will send, in bytes; the worker rejects anything larger. */
+  maxMessageBytes: number;
 }
 
 /** Worker → coordinator: the start-up self-check passed and the worker can take shards. */
@@ -116,6 +118,7 @@ export const ERROR_CODES = [
   'SELF_CHECK_FAILED',
   'TRAINING_COMPLETE',
   'COORDINATOR_SHUTDOWN',
+  'MESSAGE_TOO_BIG',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
@@ -129,6 +132,8 @@ export const CLOSE_CODES = {
   malformedMessage: 4002,
   selfCheckFailed: 4003,
   trainingComplete: 4004,
+  /** Set by the `ws` library when a frame exceeds the receiver's limit (RFC 6455 "message too big"). */
+  messageTooBig: 1009,
   coordinatorShutdown: 4100,
 } as const;
 

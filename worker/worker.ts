@@ -37,18 +37,24 @@ export class WorkerFatalError extends Error {
 
 /** Close codes after which reconnecting cannot help. */
 const PERMANENT_CLOSE_CODES = new Set<number>([
+  CLOSE_CODES.messageTooBig,
   CLOSE_CODES.protocolVersionMismatch,
   CLOSE_CODES.malformedMessage,
   CLOSE_CODES.selfCheckFailed,
 ]);
+
+const CLOSE_CODE_FOR_ERROR: Partial<Record<string, number>> = {
+  PROTOCOL_VERSION_MISMATCH: CLOSE_CODES.protocolVersionMismatch,
+  MESSAGE_TOO_BIG: CLOSE_CODES.messageTooBig,
+};
 
 /** Reconnect delays grow from 250 ms to 5 s, with up to 50% random jitter. */
 const BACKOFF_START_MS = 250;
 const BACKOFF_MAX_MS = 5_000;
 
 /**
- * NOTE: a fixed bound until the limit is derived from the model; it is far above the
- * reference CNN's 0.9 MB weights message.
+ * Receive limit of the connection until `welcome` gives the model's limit, which the
+ * worker then enforces itself on every message (ws fixes its own limit at connect time).
  */
 const MAX_PAYLOAD_BYTES = 256 * 1024 * 1024;
 
@@ -68,6 +74,8 @@ export class Worker {
   /** Wire names of the trainable weights, as the coordinator listed them in `welcome`. */
   private parameterNames: string[] = [];
   private numClasses = 10;
+  /** Largest message accepted from the coordinator, in bytes, as its `welcome` announced. */
+  private maxMessageBytes = MAX_PAYLOAD_BYTES;
   private weightsStep = -1;
   /** When the coordinator last pinged, by performance.now(); see `watchHeartbeats`. */
   private lastPingAt = 0;
@@ -152,12 +160,15 @@ export class Worker {
   private async receive(frame: Buffer): Promise<void> {
     let message: CoordinatorMessage;
     try {
+      if (frame.byteLength > this.maxMessageBytes) {
+        throw new ProtocolError('MESSAGE_TOO_BIG', `message of ${frame.byteLength} bytes from the coordinator is over the limit of ${this.maxMessageBytes} bytes it announced`);
+      }
       message = decodeCoordinatorMessage(frame);
     } catch (error) {
       if (!(error instanceof ProtocolError)) throw error;
       this.log.error('message from the coordinator rejected', { code: error.code, error: error.message });
       this.send({ type: 'error', code: error.code, message: error.message });
-      this.socket?.close(error.code === 'PROTOCOL_VERSION_MISMATCH' ? CLOSE_CODES.protocolVersionMismatch : CLOSE_CODES.malformedMessage);
+      this.socket?.close(CLOSE_CODE_FOR_ERROR[error.code] ?? CLOSE_CODES.malformedMessage);
       this.fail(new WorkerFatalError(error.message));
       return;
     }
@@ -187,6 +198,7 @@ export class Worker {
     this.model = await modelFromTopology(message.modelTopology);
     this.variables = trainableVariables(this.model);
     this.numClasses = message.numClasses;
+    this.maxMessageBytes = message.maxMessageBytes;
     this.parameterNames = message.parameters.map((parameter) => parameter.name);
     this.checkParameters(message);
     let selfCheckMs: number;
@@ -287,7 +299,8 @@ export class Worker {
       return;
     }
     if (PERMANENT_CLOSE_CODES.has(code)) {
-      this.fail(new WorkerFatalError(`the coordinator closed the connection for good (code ${code}${reason ? `: ${reason}` : ''})`));
+      const detail = code === CLOSE_CODES.messageTooBig ? 'a message was over the size limit' : reason;
+      this.fail(new WorkerFatalError(`the coordinator closed the connection for good (code ${code}${detail ? `: ${detail}` : ''})`));
       return;
     }
     this.log.warn('connection to the coordinator lost; reconnecting', { code, reason });

@@ -120,6 +120,7 @@ describe('encodeMessage round trip', () => {
       inputShape: [28, 28, 1],
       numClasses: 10,
       heartbeatMs: 5000,
+      maxMessageBytes: 1048576,
     };
 
     expect(decodeCoordinatorMessage(encodeMessage(welcome))).toEqual(welcome);
@@ -365,7 +366,7 @@ describe('decoder rejections', () => {
   });
 
   it.each<[string, Message]>([
-    ['welcome', { type: 'welcome', protocolVersion: PROTOCOL_VERSION, workerId: 'w-1', modelTopology: {}, parameters: [], inputShape: [28, 28, 1], numClasses: 10, heartbeatMs: 5000 }],
+    ['welcome', { type: 'welcome', protocolVersion: PROTOCOL_VERSION, workerId: 'w-1', modelTopology: {}, parameters: [], inputShape: [28, 28, 1], numClasses: 10, heartbeatMs: 5000, maxMessageBytes: 1048576 }],
     ['weights', { type: 'weights', step: 0, tensors: [] }],
     ['shard', { type: 'shard', step: 0, epoch: 0, sampleIds: Uint32Array.from([1]), images: new Uint8Array(4), labels: new Uint8Array(1) }],
     ['done', { type: 'done', reason: 'finished' }],
