@@ -92,6 +92,11 @@ export const COORDINATOR_OPTIONS = {
     coerce: integer('heartbeat-ms', 50),
     describe: 'Interval of heartbeats between coordinator and workers, in milliseconds; a peer that misses two is dropped',
   },
+  'max-skipped-steps': {
+    default: COORDINATOR_DEFAULTS.maxSkippedSteps,
+    coerce: integer('max-skipped-steps', 1),
+    describe: 'Steps in a row skipped for non-finite gradients after which training stops as diverged',
+  },
   'max-message-bytes': {
     coerce: integer('max-message-bytes', 1),
     describe: 'Largest message accepted from a worker, in bytes [default: one gradient message of the model plus 64 KiB]',

@@ -15,7 +15,7 @@ import { CoordinatorClosedError, Membership } from './membership.js';
 import { makeOptimizer, type Optimizer } from './optimizer.js';
 import { CoordinatorServer } from './server.js';
 import { SessionStateError, type WorkerSession } from './session.js';
-import { StepRun } from './step.js';
+import { StepRun, TrainingDivergedError } from './step.js';
 
 export { CoordinatorClosedError };
 
@@ -72,6 +72,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private currentStep?: StepRun;
   private currentWeightsFrame?: Buffer;
   private stepCount = 0;
+  private skippedInARow = 0;
   private closed = false;
   port = 0;
   metricsPort = 0;
@@ -190,11 +191,13 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       const active = await this.admitWaitingWorkers();
       const ids = plan.take(this.globalBatchSize(active.length));
       const step = await this.runStep(epoch, ids, active, train);
+      steps++;
+      // The samples of a skipped step count as unused: no update was made from them.
+      if (step.skipped) continue;
       for (const used of step.usedIds) ledger.record(used);
       lossSum += step.lossSum;
       correct += step.correct;
       examples += step.accumulator.count;
-      steps++;
       this.logProgress(epoch, steps, lossSum / examples, correct / examples);
     }
 
@@ -247,6 +250,14 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     run.assign(active);
     await this.waitForStep(run);
     this.currentStep = undefined;
+    // A skipped step still uses up its number, so that gradients still in flight for it
+    // arrive as stale instead of being taken for the next step.
+    if (run.skipped) {
+      this.stepCount++;
+      this.skipStep(run);
+      return run;
+    }
+    this.skippedInARow = 0;
 
     // Update: the weighted mean gradient, applied once.
     this.optimizer!.apply(this.weights, run.accumulator.average());
@@ -274,6 +285,18 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       await Promise.race([finished, this.membership.changed(Math.min(1_000, this.options.stepTimeoutMs / 2))]);
     }
     await finished;
+  }
+
+  private skipStep(run: StepRun): void {
+    this.skippedInARow++;
+    this.metrics.skippedSteps.inc();
+    this.log.warn('step skipped: its update is not applied', { step: run.step, reason: run.skipped, skippedInARow: this.skippedInARow });
+    if (this.skippedInARow >= this.options.maxSkippedSteps) {
+      throw new TrainingDivergedError(
+        `training stopped: ${this.skippedInARow} step${this.skippedInARow === 1 ? ' was' : 's in a row were'} skipped because the gradients were not finite, so the model diverged; ` +
+          'lower --lr and start again',
+      );
+    }
   }
 
   /** Counts and logs (at debug level) the worker whose gradient came in last. */

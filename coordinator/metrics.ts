@@ -96,6 +96,12 @@ export class CoordinatorMetrics {
     registers: [this.registry],
   });
 
+  readonly skippedSteps = new Counter({
+    name: 'gradfleet_skipped_steps_total',
+    help: 'Steps not applied because one shard gradient was non-finite on two workers.',
+    registers: [this.registry],
+  });
+
   readonly slowestWorker = new Counter({
     name: 'gradfleet_step_slowest_worker_total',
     help: 'Steps in which this worker returned its gradient last (the straggler of the step), by worker.',

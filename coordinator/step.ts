@@ -7,8 +7,10 @@ import type { WorkerSession } from './session.js';
 export interface Assignment {
   ids: Uint32Array;
   sentAtMs: number;
-  /** Times this shard's gradient was rejected as invalid. */
+  /** Times this shard's gradient was rejected as malformed (wrong count, names or shapes). */
   rejections: number;
+  /** Times this shard's gradient contained a NaN or an infinity. */
+  nonFinite: number;
   /** Workers whose gradient for this shard was rejected; another worker gets it when one is free. */
   rejectedBy: Set<WorkerSession>;
 }
@@ -29,6 +31,12 @@ export class TrainingDivergedError extends Error {
   }
 }
 
+/** Why a gradient cannot be used; non-finite values are a training event, the rest a faulty worker. */
+interface GradientProblem {
+  reason: string;
+  nonFinite: boolean;
+}
+
 /** Stops training when one shard keeps producing invalid gradients on different workers. */
 const MAX_SHARD_REJECTIONS = 3;
 
@@ -46,6 +54,8 @@ export class StepRun {
   readonly accumulator: GradientAccumulator;
   lossSum = 0;
   correct = 0;
+  /** Set when the step must not be applied: one shard's gradient was non-finite twice. */
+  skipped?: string;
   /** The accepted gradient with the longest round trip: the step's straggler. */
   slowest?: AcceptedGradient;
   /** Sample ids whose gradients were accepted, in arrival order. */
@@ -60,7 +70,7 @@ export class StepRun {
     private readonly specs: ParameterSpec[],
     private readonly sendShard: (session: WorkerSession, ids: Uint32Array) => void,
   ) {
-    this.queue = shards.map((ids) => ({ ids, sentAtMs: 0, rejections: 0, rejectedBy: new Set() }));
+    this.queue = shards.map((ids) => ({ ids, sentAtMs: 0, rejections: 0, nonFinite: 0, rejectedBy: new Set() }));
     this.accumulator = new GradientAccumulator(specs);
     this.finished = new Promise((resolve, reject) => (this.settle = { resolve, reject }));
   }
@@ -109,8 +119,8 @@ export class StepRun {
     if (problem) {
       this.assigned.delete(session);
       assignment.rejectedBy.add(session);
-      this.requeue(assignment);
-      throw new ProtocolError('INVALID_GRADIENT', `gradient for step ${message.step} from worker ${session.workerId} rejected: ${problem}`);
+      this.reject(assignment, problem);
+      throw new ProtocolError('INVALID_GRADIENT', `gradient for step ${message.step} from worker ${session.workerId} rejected: ${problem.reason}`);
     }
     this.assigned.delete(session);
     this.accumulator.add(
@@ -156,13 +166,22 @@ export class StepRun {
     this.settle.reject(error);
   }
 
-  private requeue(assignment: Assignment): void {
-    assignment.rejections++;
-    if (assignment.rejections >= MAX_SHARD_REJECTIONS) {
+  /**
+   * Gives a rejected shard to another worker. A shard whose gradient is non-finite a
+   * second time makes the whole step skipped; one that comes back malformed from
+   * MAX_SHARD_REJECTIONS workers stops training.
+   */
+  private reject(assignment: Assignment, problem: GradientProblem): void {
+    if (problem.nonFinite && ++assignment.nonFinite >= 2) {
+      this.skipped = `the gradient of one shard (${assignment.ids.length} samples) was non-finite on ${assignment.nonFinite} workers: ${problem.reason}`;
+      this.settle.resolve();
+      return;
+    }
+    if (!problem.nonFinite && ++assignment.rejections >= MAX_SHARD_REJECTIONS) {
       this.settle.reject(
         new TrainingDivergedError(
-          `step ${this.step}: the gradient of one shard (${assignment.ids.length} samples) was invalid ${assignment.rejections} times ` +
-            'on different workers; the model has probably diverged: lower --lr and restart',
+          `step ${this.step}: the gradient of one shard was malformed ${assignment.rejections} times (${problem.reason}); ` +
+            'check that the coordinator and every worker run the same gradfleet version',
         ),
       );
       return;
@@ -170,21 +189,22 @@ export class StepRun {
     this.queue.push(assignment);
   }
 
-  private findProblem(message: GradientMessage, assignment: Assignment): string | undefined {
-    if (message.count !== assignment.ids.length) return `count ${message.count} differs from the shard's ${assignment.ids.length} samples`;
-    if (message.correct > message.count) return `correct ${message.correct} exceeds count ${message.count}`;
-    if (message.tensors.length !== this.specs.length) return `${message.tensors.length} tensors, expected ${this.specs.length}`;
+  private findProblem(message: GradientMessage, assignment: Assignment): GradientProblem | undefined {
+    const malformed = (reason: string) => ({ reason, nonFinite: false });
+    if (message.count !== assignment.ids.length) return malformed(`count ${message.count} differs from the shard's ${assignment.ids.length} samples`);
+    if (message.correct > message.count) return malformed(`correct ${message.correct} exceeds count ${message.count}`);
+    if (message.tensors.length !== this.specs.length) return malformed(`${message.tensors.length} tensors, expected ${this.specs.length}`);
     for (let t = 0; t < this.specs.length; t++) {
       const spec = this.specs[t];
       const tensor = message.tensors[t];
-      if (tensor.name !== spec.name) return `tensor ${t} is named "${tensor.name}", expected "${spec.name}"`;
-      if (tensor.shape.join(',') !== spec.shape.join(',')) return `tensor "${spec.name}" has shape [${tensor.shape}], expected [${spec.shape}]`;
+      if (tensor.name !== spec.name) return malformed(`tensor ${t} is named "${tensor.name}", expected "${spec.name}"`);
+      if (tensor.shape.join(',') !== spec.shape.join(',')) return malformed(`tensor "${spec.name}" has shape [${tensor.shape}], expected [${spec.shape}]`);
       const data = tensor.data;
       for (let i = 0; i < data.length; i++) {
-        if (!Number.isFinite(data[i])) return `tensor "${spec.name}" contains a non-finite value (${data[i]}) at index ${i}`;
+        if (!Number.isFinite(data[i])) return { reason: `tensor "${spec.name}" contains a non-finite value (${data[i]}) at index ${i}`, nonFinite: true };
       }
     }
-    if (!Number.isFinite(message.loss)) return `the loss is ${message.loss}`;
+    if (!Number.isFinite(message.loss)) return { reason: `the loss is ${message.loss}`, nonFinite: true };
     return undefined;
   }
 

@@ -59,6 +59,8 @@ export interface CoordinatorOptions extends CommonOptions {
   evaluateEveryEpoch: boolean;
   /** Interval of WebSocket pings to each worker, in milliseconds; a peer that misses two is dropped. */
   heartbeatMs: number;
+  /** Skipped steps in a row (non-finite gradients) after which training stops as diverged. */
+  maxSkippedSteps: number;
   /** Largest message accepted from a worker, in bytes; derived from the model when unset. */
   maxMessageBytes?: number;
   /** Time a worker has to return a shard's gradient, in milliseconds, before the shard goes to another worker. */
@@ -105,6 +107,7 @@ export const COORDINATOR_DEFAULTS: CoordinatorOptions = {
   evaluateEveryEpoch: true,
   heartbeatMs: 5_000,
   stepTimeoutMs: 60_000,
+  maxSkippedSteps: 3,
 };
 
 export const WORKER_DEFAULTS: WorkerOptions = {

@@ -268,6 +268,7 @@ export class Worker {
     const count = message.sampleIds.length;
     const result = computeGradients(this.model!, { images: message.images, labels: message.labels, count }, this.numClasses);
     const computeMs = performance.now() - started;
+    poisonGradientForTests(message.step, result.gradients);
     const tensors = result.gradients.map((data, t) => ({
       name: this.parameterNames[t],
       shape: this.variables[t].shape,
@@ -330,4 +331,14 @@ export class Worker {
     await this.metricsServer.close();
     this.disposeModel();
   }
+}
+
+/**
+ * Test hook: fills the gradient with NaN when the shard's step equals
+ * TEST_GRADFLEET_NAN_AT_STEP, so that tests can watch a diverging shard. Unset in normal use.
+ */
+function poisonGradientForTests(step: number, gradients: Float32Array[]): void {
+  const target = process.env.TEST_GRADFLEET_NAN_AT_STEP;
+  if (target === undefined || Number(target) !== step) return;
+  for (const gradient of gradients) gradient.fill(Number.NaN);
 }

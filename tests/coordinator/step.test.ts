@@ -369,37 +369,63 @@ describe('StepRun finished', () => {
     }
   });
 
-  it('rejects after 3 invalid gradients', async () => {
+  it('rejects after 3 malformed gradients', async () => {
     const { run, sent } = makeRun([[0, 1], [2, 3]]);
     const [a, b, c, d] = [fakeSession('a'), fakeSession('b'), fakeSession('c'), fakeSession('d')];
-    const outcome = expect(run.finished).rejects.toThrow(/diverged/);
+    const outcome = expect(run.finished).rejects.toThrow(/malformed 3 times/);
     run.assign([a, d]);
     run.accept(d, gradient(2));
 
-    expectCode(() => run.accept(a, gradient(2, 0.25, { loss: NaN })), 'INVALID_GRADIENT');
+    expectCode(() => run.accept(a, gradient(3)), 'INVALID_GRADIENT');
     run.assign([b]);
     expect(lastShardOf(sent, b)).toEqual([0, 1]);
-    expectCode(() => run.accept(b, gradient(2, 0.25, { loss: NaN })), 'INVALID_GRADIENT');
+    expectCode(() => run.accept(b, gradient(3)), 'INVALID_GRADIENT');
     run.assign([c]);
     expect(lastShardOf(sent, c)).toEqual([0, 1]);
-    expectCode(() => run.accept(c, gradient(2, 0.25, { loss: NaN })), 'INVALID_GRADIENT');
+    expectCode(() => run.accept(c, gradient(3)), 'INVALID_GRADIENT');
 
     await outcome;
     expect(run.hasUnassigned).toBe(false);
   });
 
-  it('two rejections still finish', async () => {
+  it('two malformed gradients still finish', async () => {
     const { run } = makeRun([[0, 1]]);
     const [a, b, c] = [fakeSession('a'), fakeSession('b'), fakeSession('c')];
     run.assign([a]);
-    expectCode(() => run.accept(a, gradient(2, 0.25, { loss: NaN })), 'INVALID_GRADIENT');
+    expectCode(() => run.accept(a, gradient(3)), 'INVALID_GRADIENT');
     run.assign([b]);
-    expectCode(() => run.accept(b, gradient(2, 0.25, { loss: NaN })), 'INVALID_GRADIENT');
+    expectCode(() => run.accept(b, gradient(3)), 'INVALID_GRADIENT');
     run.assign([c]);
 
     run.accept(c, gradient(2));
 
     await expect(run.finished).resolves.toBeUndefined();
+    expect(run.skipped).toBeUndefined();
+  });
+
+  it('one non-finite gradient is recomputed', async () => {
+    const { run, sent } = makeRun([[0, 1]]);
+    const [a, b] = [fakeSession('a'), fakeSession('b')];
+    run.assign([a]);
+    expectCode(() => run.accept(a, gradient(2, Number.NaN)), 'INVALID_GRADIENT');
+    run.assign([a, b]);
+    expect(lastShardOf(sent, b)).toEqual([0, 1]);
+    run.accept(b, gradient(2));
+
+    await expect(run.finished).resolves.toBeUndefined();
+    expect(run.skipped).toBeUndefined();
+  });
+
+  it('second non-finite gradient skips the step', async () => {
+    const { run } = makeRun([[0, 1], [2, 3]]);
+    const [a, b, c] = [fakeSession('a'), fakeSession('b'), fakeSession('c')];
+    run.assign([a, c]);
+    expectCode(() => run.accept(a, gradient(2, 0.25, { loss: Number.POSITIVE_INFINITY })), 'INVALID_GRADIENT');
+    run.assign([b]);
+    expectCode(() => run.accept(b, gradient(2, Number.NaN)), 'INVALID_GRADIENT');
+
+    await expect(run.finished).resolves.toBeUndefined();
+    expect(run.skipped).toMatch(/non-finite on 2 workers/);
   });
 
   it('abort rejects finished', async () => {
