@@ -147,7 +147,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
           `raise it to at least ${weightsBytes + 65_536}, or leave it unset to derive it from the model`,
       );
     }
-    // A shard holds at most one worker's batch: the whole global batch when one worker is left.
+    // A shard contains at most one worker's batch, which is the whole global batch when one worker is left.
     const largestShard = this.options.batchSizePerWorker ?? this.options.batchSize ?? DEFAULT_BATCH_SIZE;
     const shardBytes = largestShard * (train.rows * train.cols + 5) + 65_536;
     return { receive: configured ?? weightsBytes + 65_536, send: Math.max(weightsBytes + 65_536, shardBytes) };

@@ -31,7 +31,7 @@ export class TrainingDivergedError extends Error {
   }
 }
 
-/** Why a gradient cannot be used; non-finite values are a training event, the rest a faulty worker. */
+/** Reason a gradient cannot be used. Non-finite values are a training event, the other reasons a faulty worker. */
 interface GradientProblem {
   reason: string;
   nonFinite: boolean;
