@@ -36,11 +36,11 @@ export async function startBackend(args: CommonArguments, log: Logger): Promise<
 export const signalStop = { requested: false };
 
 /** Exit status after a signal, by the shell convention 128 + signal number. */
-const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
+export const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 
 /**
  * Stops a long-running command on SIGINT or SIGTERM by calling `close`, and exits with
- * 128 + the signal number once it has finished; a second signal exits at once.
+ * 128 + the signal number once it has finished. A second signal exits at once.
  */
 export function closeOnSignals(close: () => Promise<void>, log: Logger): void {
   const stop = (signal: NodeJS.Signals) => {

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import type { ArgumentsCamelCase, Argv } from 'yargs';
 import { Logger } from '../shared/log.js';
-import { EXIT, makeLogger, type CommonArguments } from './common.js';
+import { EXIT, makeLogger, SIGNAL_EXIT, type CommonArguments } from './common.js';
 import { COMMON_OPTIONS, COORDINATOR_OPTIONS, LAUNCH_OPTIONS } from './options.js';
 
 export const command = 'launch';
@@ -95,7 +95,7 @@ export async function handler(args: ArgumentsCamelCase): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info('stopping all processes', { signal });
-    void group.stopAll().then(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+    void group.stopAll().then(() => process.exit(SIGNAL_EXIT[signal]));
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);

@@ -5,7 +5,7 @@ import { COMMAND_OPTIONS } from './options.js';
 /**
  * Options from the environment and from --config files. One environment or config file
  * often serves a coordinator and its workers, so each command ignores the options that
- * belong only to another command, and rejects names that no command knows.
+ * belong only to another command, and rejects names that no command has.
  */
 
 const ENVIRONMENT_PREFIX = 'GRADFLEET_';

@@ -106,16 +106,19 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       testLimit: this.options.testLimit,
     });
     const { train } = this.dataset;
+
     const shape = { inputShape: [train.rows, train.cols, 1] as [number, number, number], numClasses: 10 };
     this.model = buildModel(this.options.model, shape, this.options.seed);
     this.variables = trainableVariables(this.model);
     this.specs = parameterSpecs(this.model);
     this.weights = this.variables.map((variable) => Float32Array.from(variable.dataSync() as Float32Array));
     this.optimizer = makeOptimizer({ name: this.options.optimizer, lr: this.options.lr, momentum: this.options.momentum });
+
     this.limits = this.messageLimits(train);
     this.port = await this.server.listen(this.options.host, this.options.port, this.limits.receive);
     this.server.startHeartbeats(this.options.heartbeatMs);
     this.metricsPort = await this.metricsServer.listen(this.options.host, this.options.metricsPort);
+
     this.log.info('coordinator listening', {
       url: `ws://${this.options.host}:${this.port}`,
       metrics: `http://${this.options.host}:${this.metricsPort}/metrics`,

@@ -4,7 +4,7 @@ import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import { decodeWorkerMessage } from '../shared/codec.js';
 import { ListenError } from '../shared/metrics-server.js';
 import type { Logger } from '../shared/log.js';
-import { CLOSE_CODES, ProtocolError, type WorkerMessage } from '../shared/protocol.js';
+import { closeCodeForError, ProtocolError, type WorkerMessage } from '../shared/protocol.js';
 import { WorkerSession } from './session.js';
 
 export interface ServerHandlers {
@@ -13,11 +13,6 @@ export interface ServerHandlers {
   onReceivedBytes(bytes: number): void;
   onSentBytes(bytes: number): void;
   onRejected(session: WorkerSession, error: ProtocolError): void;
-}
-
-/** Close codes for each protocol error that ends a connection. */
-function closeCodeFor(error: ProtocolError): number {
-  return error.code === 'PROTOCOL_VERSION_MISMATCH' ? CLOSE_CODES.protocolVersionMismatch : CLOSE_CODES.malformedMessage;
 }
 
 /**
@@ -85,7 +80,7 @@ export class CoordinatorServer {
     } catch (error) {
       if (!(error instanceof ProtocolError)) throw error;
       this.handlers.onRejected(session, error);
-      session.closeWithError(error.code, error.message, closeCodeFor(error));
+      session.closeWithError(error.code, error.message, closeCodeForError(error.code));
       return;
     }
     this.handlers.onMessage(session, message);

@@ -29,15 +29,6 @@ export class Logger {
     this.write = options.write ?? ((line) => process.stdout.write(`${line}\n`));
   }
 
-  /** Returns a logger that writes under another name with the same format and level. */
-  child(name: string): Logger {
-    return new Logger({ ...this.options, name });
-  }
-
-  get format(): LogFormat {
-    return this.options.format;
-  }
-
   debug(message: string, context: LogContext = {}): void {
     this.log('debug', message, context);
   }

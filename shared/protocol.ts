@@ -137,6 +137,13 @@ export const CLOSE_CODES = {
   coordinatorShutdown: 4100,
 } as const;
 
+/** Returns the WebSocket close code for a protocol error that ends a connection. */
+export function closeCodeForError(code: ErrorCode): number {
+  if (code === 'PROTOCOL_VERSION_MISMATCH') return CLOSE_CODES.protocolVersionMismatch;
+  if (code === 'MESSAGE_TOO_BIG') return CLOSE_CODES.messageTooBig;
+  return CLOSE_CODES.malformedMessage;
+}
+
 /** An error with a stable code that can be sent to the peer. */
 export class ProtocolError extends Error {
   constructor(

@@ -81,7 +81,7 @@ export function evaluate(model: tf.LayersModel, data: ByteBatch, numClasses: num
 
 /**
  * Evaluates like `evaluate`, but returns to the event loop after each chunk, so that a
- * server keeps answering heartbeats while it evaluates. A chunk of 250 images of the
+ * server keeps responding to heartbeats while it evaluates. A chunk of 250 images of the
  * reference CNN takes roughly 100 ms on the wasm backend (an estimate from the 29 ms
  * forward pass at batch 64 in docs/benchmarks.md).
  */

@@ -8,6 +8,7 @@ import { modelFromTopology, trainableVariables } from '../shared/models.js';
 import type { WorkerOptions } from '../shared/options.js';
 import {
   CLOSE_CODES,
+  closeCodeForError,
   PROTOCOL_VERSION,
   ProtocolError,
   type CoordinatorMessage,
@@ -42,11 +43,6 @@ const PERMANENT_CLOSE_CODES = new Set<number>([
   CLOSE_CODES.malformedMessage,
   CLOSE_CODES.selfCheckFailed,
 ]);
-
-const CLOSE_CODE_FOR_ERROR: Partial<Record<string, number>> = {
-  PROTOCOL_VERSION_MISMATCH: CLOSE_CODES.protocolVersionMismatch,
-  MESSAGE_TOO_BIG: CLOSE_CODES.messageTooBig,
-};
 
 /** Reconnect delays grow from 250 ms to 5 s, with up to 50% random jitter. */
 const BACKOFF_START_MS = 250;
@@ -168,7 +164,7 @@ export class Worker {
       if (!(error instanceof ProtocolError)) throw error;
       this.log.error('message from the coordinator rejected', { code: error.code, error: error.message });
       this.send({ type: 'error', code: error.code, message: error.message });
-      this.socket?.close(CLOSE_CODE_FOR_ERROR[error.code] ?? CLOSE_CODES.malformedMessage);
+      this.socket?.close(closeCodeForError(error.code));
       this.fail(new WorkerFatalError(error.message));
       return;
     }

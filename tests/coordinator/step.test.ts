@@ -324,7 +324,7 @@ describe('StepRun finished', () => {
   });
 
   it('average equals single shard', async () => {
-    // Per-example gradients are multiples of 1/8 and each shard holds 4 examples, so every
+    // Per-example gradients are multiples of 1/8 and each shard contains 4 examples, so every
     // shard mean is exact in float32 and both runs must round the same 12-example mean.
     const examples = Array.from({ length: 12 }, (_, id) =>
       SPECS.map((spec, t) => Float32Array.from({ length: sizeOf(spec.shape) }, (_, i) => ((id * 7 + t * 3 + i * 5) % 17) / 8 - 1)),

@@ -53,8 +53,8 @@ const mutatedFrame = fc
   .map(({ base, edits, cut, tail }) => {
     const frame = Uint8Array.from(base);
     for (const edit of edits) frame[edit.at % frame.length] = edit.value;
-    const kept = cut === undefined ? frame : frame.subarray(0, cut % (frame.length + 1));
-    return Uint8Array.from([...kept, ...tail]);
+    const prefix = cut === undefined ? frame : frame.subarray(0, cut % (frame.length + 1));
+    return Uint8Array.from([...prefix, ...tail]);
   });
 
 describe('decoder properties', () => {

@@ -287,7 +287,7 @@ describe('float64 fields', () => {
   });
 });
 
-/** A valid gradient in wire form: typed arrays as bytes, as the codec packs them. */
+/** Builds a valid gradient in wire form, with typed arrays as bytes, as the codec packs them. */
 function wireGradient(overrides: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     type: 'gradient',
