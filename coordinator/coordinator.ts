@@ -13,6 +13,7 @@ import { CoordinatorMetrics } from './metrics.js';
 import { EpochPlan, SampleLedger, splitIntoShards } from './plan.js';
 import { CoordinatorClosedError, Membership } from './membership.js';
 import { makeOptimizer, type Optimizer } from './optimizer.js';
+import { learningRate } from './schedule.js';
 import { CoordinatorServer } from './server.js';
 import { SessionStateError, type WorkerSession } from './session.js';
 import { StepRun, TrainingDivergedError } from './step.js';
@@ -47,8 +48,8 @@ export interface TrainingResult {
 
 /** Events a coordinator emits, for embedding programs and tests. */
 export interface CoordinatorEvents {
-  /** After each applied update; `step` counts from 0. */
-  step: [{ step: number; epoch: number; examples: number; loss: number }];
+  /** After each applied update; `step` counts from 0 and `lr` is the learning rate applied. */
+  step: [{ step: number; epoch: number; examples: number; loss: number; lr: number }];
 }
 
 /**
@@ -73,6 +74,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private currentWeightsFrame?: Buffer;
   private stepCount = 0;
   private skippedInARow = 0;
+  /** Active workers of the last step, to log when linear scaling changes the learning rate. */
+  private lastScaledWorkers?: number;
   private closed = false;
   port = 0;
   metricsPort = 0;
@@ -129,6 +132,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       data: this.dataset.source,
       optimizer: this.options.optimizer,
       lr: this.options.lr,
+      lrScaling: this.options.lrScaling,
+      warmupSteps: this.options.warmupSteps,
       batch: this.options.batchSizePerWorker ? `${this.options.batchSizePerWorker} per worker` : this.globalBatchSize(1),
       epochs: this.options.epochs,
       backend: tf.getBackend(),
@@ -263,14 +268,15 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.skippedInARow = 0;
 
     // Update: the weighted mean gradient, applied once.
-    this.optimizer!.apply(this.weights, run.accumulator.average());
+    const lr = this.stepLearningRate(active.length, step);
+    this.optimizer!.apply(this.weights, run.accumulator.average(), lr);
     this.stepCount++;
     this.metrics.steps.inc();
     this.metrics.examples.inc(run.accumulator.count);
     this.metrics.trainLoss.set(run.lossSum / run.accumulator.count);
     this.metrics.stepDuration.observe((performance.now() - startedAt) / 1000);
     this.reportStraggler(run);
-    this.emit('step', { step, epoch, examples: run.accumulator.count, loss: run.lossSum / run.accumulator.count });
+    this.emit('step', { step, epoch, examples: run.accumulator.count, loss: run.lossSum / run.accumulator.count, lr });
     return run;
   }
 
@@ -288,6 +294,21 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       await Promise.race([finished, this.membership.changed(Math.min(1_000, this.options.stepTimeoutMs / 2))]);
     }
     await finished;
+  }
+
+  /**
+   * Returns the learning rate of this step, from the base --lr, the workers the step
+   * started with and warm-up. A step whose shard was taken over by another worker keeps
+   * the rate it started with, because its global batch is unchanged.
+   */
+  private stepLearningRate(activeWorkers: number, step: number): number {
+    const lr = learningRate(this.options, activeWorkers, step);
+    this.metrics.learningRate.set(lr);
+    if (this.options.lrScaling === 'linear' && activeWorkers !== this.lastScaledWorkers) {
+      if (this.lastScaledWorkers !== undefined) this.log.info('learning rate rescaled for the active workers', { step, activeWorkers, lr });
+      this.lastScaledWorkers = activeWorkers;
+    }
+    return lr;
   }
 
   private skipStep(run: StepRun): void {

@@ -53,6 +53,12 @@ export class CoordinatorMetrics {
     registers: [this.registry],
   });
 
+  readonly learningRate = new Gauge({
+    name: 'gradfleet_learning_rate',
+    help: 'Learning rate of the last step, after scaling with the global batch and warm-up.',
+    registers: [this.registry],
+  });
+
   readonly testAccuracy = new Gauge({
     name: 'gradfleet_test_accuracy_ratio',
     help: 'Test accuracy after the last completed epoch, as a ratio from 0 to 1.',

@@ -8,8 +8,11 @@ import type { OptimizerName } from '../shared/options.js';
  */
 export interface Optimizer {
   readonly name: OptimizerName;
-  /** Updates `weights` in place with one averaged gradient per weight tensor. */
-  apply(weights: Float32Array[], gradients: Float32Array[]): void;
+  /**
+   * Updates `weights` in place with one averaged gradient per weight tensor, at learning
+   * rate `lr` (the optimizer's own rate when omitted).
+   */
+  apply(weights: Float32Array[], gradients: Float32Array[], lr?: number): void;
 }
 
 export interface OptimizerSettings {
@@ -28,11 +31,11 @@ export class Sgd implements Optimizer {
     private readonly momentum: number,
   ) {}
 
-  apply(weights: Float32Array[], gradients: Float32Array[]): void {
+  apply(weights: Float32Array[], gradients: Float32Array[], lr = this.lr): void {
     if (this.momentum === 0) {
       weights.forEach((w, t) => {
         const g = gradients[t];
-        for (let i = 0; i < w.length; i++) w[i] -= this.lr * g[i];
+        for (let i = 0; i < w.length; i++) w[i] -= lr * g[i];
       });
       return;
     }
@@ -42,7 +45,7 @@ export class Sgd implements Optimizer {
       const v = this.velocity![t];
       for (let i = 0; i < w.length; i++) {
         v[i] = this.momentum * v[i] + g[i];
-        w[i] -= this.lr * v[i];
+        w[i] -= lr * v[i];
       }
     });
   }
@@ -64,7 +67,7 @@ export class Adam implements Optimizer {
 
   constructor(private readonly lr: number) {}
 
-  apply(weights: Float32Array[], gradients: Float32Array[]): void {
+  apply(weights: Float32Array[], gradients: Float32Array[], lr = this.lr): void {
     this.firstMoment ??= weights.map((w) => new Float64Array(w.length));
     this.secondMoment ??= weights.map((w) => new Float64Array(w.length));
     this.step++;
@@ -77,7 +80,7 @@ export class Adam implements Optimizer {
       for (let i = 0; i < w.length; i++) {
         m[i] = this.beta1 * m[i] + (1 - this.beta1) * g[i];
         v[i] = this.beta2 * v[i] + (1 - this.beta2) * g[i] * g[i];
-        w[i] -= (this.lr * (m[i] / correction1)) / (Math.sqrt(v[i] / correction2) + this.epsilon);
+        w[i] -= (lr * (m[i] / correction1)) / (Math.sqrt(v[i] / correction2) + this.epsilon);
       }
     });
   }

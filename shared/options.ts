@@ -11,6 +11,13 @@ export type ModelName = (typeof MODEL_NAMES)[number];
 export const OPTIMIZER_NAMES = ['adam', 'sgd'] as const;
 export type OptimizerName = (typeof OPTIMIZER_NAMES)[number];
 
+/**
+ * How the learning rate follows the global batch: `none` keeps `--lr`; `linear` multiplies
+ * it by the global batch over the planned one (`--batch-size-per-worker` × `--workers`).
+ */
+export const LR_SCALING_CHOICES = ['none', 'linear'] as const;
+export type LrScaling = (typeof LR_SCALING_CHOICES)[number];
+
 /** Options every gradfleet process takes. */
 export interface CommonOptions {
   backend: BackendChoice;
@@ -32,8 +39,12 @@ export interface CoordinatorOptions extends CommonOptions {
   minWorkers: number;
   model: ModelName;
   optimizer: OptimizerName;
-  /** Learning rate. */
+  /** Base learning rate; the rate applied also depends on `lrScaling` and `warmupSteps`. */
   lr: number;
+  /** Whether the learning rate is scaled with the global batch as workers come and go. */
+  lrScaling: LrScaling;
+  /** Steps over which the learning rate ramps up linearly to its full value; 0 turns warm-up off. */
+  warmupSteps: number;
   /** SGD momentum; 0 is plain SGD. Rejected with Adam, which has its own moments. */
   momentum: number;
   /** Global batch per step, split among the active workers; `DEFAULT_BATCH_SIZE` when unset. */
@@ -99,6 +110,8 @@ export const COORDINATOR_DEFAULTS: CoordinatorOptions = {
   model: 'cnn',
   optimizer: 'adam',
   lr: 0.001,
+  lrScaling: 'none',
+  warmupSteps: 0,
   momentum: 0,
   epochs: 10,
   seed: 42,
@@ -134,6 +147,12 @@ export function validateCoordinatorOptions(options: CoordinatorOptions): void {
   }
   if (options.minWorkers > options.workers) {
     throw new OptionError(`--min-workers ${options.minWorkers} exceeds --workers ${options.workers}; training could never start. Lower --min-workers or raise --workers`);
+  }
+  if (options.lrScaling === 'linear' && options.batchSizePerWorker === undefined) {
+    throw new OptionError(
+      '--lr-scaling linear needs --batch-size-per-worker: with a fixed global batch the learning rate has nothing to follow. ' +
+        'Pass --batch-size-per-worker, or use --lr-scaling none',
+    );
   }
   if (options.batchSizePerWorker !== undefined && options.batchSize !== undefined) {
     throw new OptionError(
