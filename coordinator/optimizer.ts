@@ -13,6 +13,27 @@ export interface Optimizer {
    * rate `lr` (the optimizer's own rate when omitted).
    */
   apply(weights: Float32Array[], gradients: Float32Array[], lr?: number): void;
+  /** Returns a copy of the optimizer's state, for a checkpoint. */
+  exportState(): OptimizerState;
+  /** Replaces the optimizer's state with a copy of `state`, which `exportState` of the same optimizer returned. */
+  importState(state: OptimizerState): void;
+}
+
+/**
+ * An optimizer's complete state. Arrays are per weight tensor, in `parameterSpecs` order,
+ * and absent until the first update creates them (and for SGD without momentum).
+ */
+export type OptimizerState =
+  | { name: 'sgd'; velocity?: Float64Array[] }
+  | { name: 'adam'; step: number; firstMoment?: Float64Array[]; secondMoment?: Float64Array[] };
+
+function copyArrays(arrays: Float64Array[] | undefined): Float64Array[] | undefined {
+  return arrays?.map((array) => array.slice());
+}
+
+/** Raises when a checkpoint's optimizer state belongs to another optimizer. */
+function checkStateName(expected: OptimizerName, state: OptimizerState): void {
+  if (state.name !== expected) throw new Error(`optimizer state is for "${state.name}", but the optimizer is "${expected}"`);
 }
 
 export interface OptimizerSettings {
@@ -49,6 +70,15 @@ export class Sgd implements Optimizer {
       }
     });
   }
+
+  exportState(): OptimizerState {
+    return { name: 'sgd', velocity: copyArrays(this.velocity) };
+  }
+
+  importState(state: OptimizerState): void {
+    checkStateName(this.name, state);
+    if (state.name === 'sgd') this.velocity = copyArrays(state.velocity);
+  }
 }
 
 /**
@@ -83,6 +113,18 @@ export class Adam implements Optimizer {
         w[i] -= (lr * (m[i] / correction1)) / (Math.sqrt(v[i] / correction2) + this.epsilon);
       }
     });
+  }
+
+  exportState(): OptimizerState {
+    return { name: 'adam', step: this.step, firstMoment: copyArrays(this.firstMoment), secondMoment: copyArrays(this.secondMoment) };
+  }
+
+  importState(state: OptimizerState): void {
+    checkStateName(this.name, state);
+    if (state.name !== 'adam') return;
+    this.step = state.step;
+    this.firstMoment = copyArrays(state.firstMoment);
+    this.secondMoment = copyArrays(state.secondMoment);
   }
 }
 

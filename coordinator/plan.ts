@@ -83,6 +83,18 @@ export class SampleLedger {
     this.uses = new Uint8Array(count);
   }
 
+  /** Returns a ledger with the given use counts, one byte per sample, as `counts` returned them. */
+  static fromCounts(counts: Uint8Array): SampleLedger {
+    const ledger = new SampleLedger(counts.length);
+    ledger.uses.set(counts);
+    return ledger;
+  }
+
+  /** Returns a copy of the use count of every sample, for a checkpoint. */
+  counts(): Uint8Array {
+    return this.uses.slice();
+  }
+
   record(ids: Uint32Array): void {
     for (const id of ids) this.uses[id] = Math.min(255, this.uses[id] + 1);
   }
