@@ -271,7 +271,9 @@ export class Worker {
       dtype: 'float32' as const,
       data,
     }));
-    this.send({ type: 'gradient', step: message.step, count, loss: result.loss, correct: result.correct, computeMs, tensors });
+    const gradient: WorkerMessage = { type: 'gradient', step: message.step, count, loss: result.loss, correct: result.correct, computeMs, tensors };
+    if (killForTests(message.step, this.socket, gradient)) return;
+    this.send(gradient);
     this.metrics.compute.observe(computeMs / 1000);
     this.metrics.examples.inc(count);
     this.metrics.shards.inc();
@@ -337,4 +339,35 @@ function poisonGradientForTests(step: number, gradients: Float32Array[]): void {
   const target = process.env.TEST_GRADFLEET_NAN_AT_STEP;
   if (target === undefined || Number(target) !== step) return;
   for (const gradient of gradients) gradient.fill(Number.NaN);
+}
+
+/**
+ * Test hook: TEST_GRADFLEET_KILL_AT_STEP="STEP:PHASE" makes the worker kill itself with
+ * SIGKILL at the gradient of step STEP. PHASE `before` dies without sending, `during` dies
+ * after writing the first half of the gradient's WebSocket frame, and `after` dies once the
+ * whole frame is written. Returns true when the caller must not send. Unset in normal use.
+ */
+function killForTests(step: number, socket: WebSocket | undefined, gradient: WorkerMessage): boolean {
+  const [target, phase] = (process.env.TEST_GRADFLEET_KILL_AT_STEP ?? '').split(':');
+  if (!target || Number(target) !== step || !socket) return false;
+  const die = () => process.kill(process.pid, 'SIGKILL');
+  const payload = encodeMessage(gradient);
+  if (phase === 'after') {
+    socket.send(payload, { binary: true }, die);
+    return true;
+  }
+  if (phase === 'during') {
+    // A client frame by RFC 6455: FIN + binary opcode, mask bit and a 64-bit length, then a
+    // mask key of zeros, which leaves the payload unchanged. ws keeps its TCP socket in the
+    // private field `_socket`; reaching it is acceptable in a hook only tests switch on.
+    const header = Buffer.alloc(14);
+    header[0] = 0x82;
+    header[1] = 0x80 | 127;
+    header.writeBigUInt64BE(BigInt(payload.byteLength), 2);
+    const tcp = (socket as unknown as { _socket: import('node:net').Socket })._socket;
+    tcp.write(Buffer.concat([header, payload.subarray(0, payload.byteLength >> 1)]), die);
+    return true;
+  }
+  die();
+  return true;
 }
