@@ -26,10 +26,14 @@ function camelCase(flag: string): string {
   return flag.replace(/-([a-z])/g, (_, letter: string) => letter.toUpperCase());
 }
 
-/** Turns parsed options back into command-line flags for a child process. */
+/** Flags that never go on a child's command line, where ps shows them to every user; children read them from the environment. */
+const SECRET_FLAGS = new Set(['token']);
+
+/** Turns parsed options back into command-line flags for a child process, leaving out SECRET_FLAGS. */
 function toFlags(args: Record<string, unknown>, flags: string[]): string[] {
   const result: string[] = [];
   for (const flag of flags) {
+    if (SECRET_FLAGS.has(flag)) continue;
     const value = args[camelCase(flag)];
     if (value === undefined) continue;
     if (typeof value === 'boolean') result.push(value ? `--${flag}` : `--no-${flag}`);
@@ -87,7 +91,8 @@ function waitForExit(child: ChildProcess): Promise<number> {
 }
 
 export async function handler(args: ArgumentsCamelCase): Promise<void> {
-  const options = args as unknown as CommonArguments & Record<string, unknown> & { workers: number; metricsPort: number; host: string };
+  const options = args as unknown as CommonArguments &
+    Record<string, unknown> & { workers: number; metricsPort: number; host: string; token?: string; tlsCert?: string };
   const log = makeLogger(options, 'launch');
   const group = new ChildGroup(log);
   let stopping = false;
@@ -100,6 +105,8 @@ export async function handler(args: ArgumentsCamelCase): Promise<void> {
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
 
+  // The children inherit this process's environment, so the token reaches them there.
+  if (options.token !== undefined) process.env.GRADFLEET_TOKEN = String(options.token);
   const coordinatorFlags = toFlags(options, [...Object.keys(COORDINATOR_OPTIONS), ...Object.keys(COMMON_OPTIONS)]);
   const coordinator = group.start('coordinator', ['coordinator', ...coordinatorFlags]);
   const coordinatorExit = waitForExit(coordinator);
@@ -113,8 +120,11 @@ export async function handler(args: ArgumentsCamelCase): Promise<void> {
   }
 
   const host = options.host === '0.0.0.0' || options.host === '::' ? '127.0.0.1' : options.host;
-  const url = `ws://${host.includes(':') ? `[${host}]` : host}:${ports.port}`;
-  const workerFlags = toFlags(options, Object.keys(COMMON_OPTIONS));
+  const scheme = options.tlsCert !== undefined ? 'wss' : 'ws';
+  const url = `${scheme}://${host.includes(':') ? `[${host}]` : host}:${ports.port}`;
+  // Local workers trust the coordinator's own certificate, which suits a self-signed one
+  // issued for the address they connect to.
+  const workerFlags = [...toFlags(options, Object.keys(COMMON_OPTIONS)), ...(options.tlsCert !== undefined ? ['--ca', String(options.tlsCert)] : [])];
   const workerPorts: Promise<ListeningReport>[] = [];
   const workerFailures: Promise<string>[] = [];
   for (let i = 1; i <= options.workers; i++) {

@@ -47,6 +47,13 @@ function momentum(value: unknown): number | undefined {
   return number;
 }
 
+/** An empty token would let any worker that sends an empty token in; it is a usage error. */
+function token(value: unknown): string | undefined {
+  if (value === undefined) return undefined;
+  if (String(value) === '') throw new UsageError('invalid --token: the token is empty; pass a long random secret, such as the output of openssl rand -hex 32');
+  return String(value);
+}
+
 function port(flag: string): (value: unknown) => number | undefined {
   const check = integer(flag, 0);
   return (value) => {
@@ -66,6 +73,14 @@ export const COMMON_OPTIONS = {
 
 export const COORDINATOR_OPTIONS = {
   host: { type: 'string', default: COORDINATOR_DEFAULTS.host, describe: 'Address to listen on for workers and Prometheus; 0.0.0.0 accepts other hosts' },
+  token: { type: 'string', coerce: token, describe: 'Shared secret workers must present; set GRADFLEET_TOKEN instead, since ps shows command lines' },
+  'tls-cert': { type: 'string', describe: 'PEM certificate (chain) file; with --tls-key, workers connect over wss://' },
+  'tls-key': { type: 'string', describe: 'PEM private key file of --tls-cert' },
+  insecure: {
+    type: 'boolean',
+    default: COORDINATOR_DEFAULTS.insecure,
+    describe: 'Allow a --host other than loopback without --token and TLS (trusted private networks only)',
+  },
   port: { default: COORDINATOR_DEFAULTS.port, coerce: port('port'), describe: 'WebSocket port for workers (0: any free port)' },
   'metrics-port': { default: COORDINATOR_DEFAULTS.metricsPort, coerce: port('metrics-port'), describe: 'Port of the Prometheus /metrics endpoint (0: any free port)' },
   workers: { default: COORDINATOR_DEFAULTS.workers, coerce: integer('workers', 1), describe: 'Workers that must join before the first step' },
@@ -122,6 +137,13 @@ export const COORDINATOR_OPTIONS = {
 
 export const WORKER_OPTIONS = {
   coordinator: { type: 'string', default: WORKER_DEFAULTS.coordinator, describe: 'WebSocket URL of the coordinator' },
+  token: { type: 'string', coerce: token, describe: "The coordinator's --token; set GRADFLEET_TOKEN instead, since ps shows command lines" },
+  ca: { type: 'string', describe: 'PEM certificate to trust for a wss:// coordinator: a private CA or its self-signed certificate' },
+  insecure: {
+    type: 'boolean',
+    default: WORKER_DEFAULTS.insecure,
+    describe: 'Allow sending --token over ws:// (clear text) to another machine (trusted private networks only)',
+  },
   name: { type: 'string', describe: 'Worker name in logs and metrics [default: HOSTNAME-PID]' },
   'metrics-host': { type: 'string', default: WORKER_DEFAULTS.metricsHost, describe: 'Address of the worker /metrics endpoint' },
   'metrics-port': { default: WORKER_DEFAULTS.metricsPort, coerce: port('metrics-port'), describe: 'Port of the worker /metrics endpoint (0: any free port)' },

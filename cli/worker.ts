@@ -1,6 +1,7 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
 import type { WorkerOptions } from '../shared/options.js';
 import { closeOnSignals, EXIT, UsageError, makeLogger, startBackend } from './common.js';
+import { checkWorkerTransport, readCaCertificate } from '../shared/security.js';
 import { COMMON_OPTIONS, WORKER_OPTIONS } from './options.js';
 
 export const command = 'worker';
@@ -10,6 +11,8 @@ export function builder(yargs: Argv): Argv {
   return yargs.options({ ...WORKER_OPTIONS, ...COMMON_OPTIONS }).check((args) => {
     const url = String(args.coordinator);
     if (!/^wss?:\/\/[^/\s]+/.test(url)) throw new UsageError(`invalid --coordinator "${url}": expected a WebSocket URL such as ws://10.0.0.5:7070`);
+    checkWorkerTransport({ coordinator: url, token: args.token as string | undefined, insecure: Boolean(args.insecure) });
+    if (args.ca !== undefined) readCaCertificate(String(args.ca));
     return true;
   });
 }

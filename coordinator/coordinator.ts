@@ -98,7 +98,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       },
       log,
     );
-    this.membership = new Membership(this.server.sessions, log, () => `ws://${this.options.host}:${this.port}`);
+    this.membership = new Membership(this.server.sessions, log, () => `${this.server.scheme}://${this.options.host}:${this.port}`);
   }
 
   /** Loads the data, builds the model and starts both servers. */
@@ -118,12 +118,23 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.optimizer = makeOptimizer({ name: this.options.optimizer, lr: this.options.lr, momentum: this.options.momentum });
 
     this.limits = this.messageLimits(train);
-    this.port = await this.server.listen(this.options.host, this.options.port, this.limits.receive);
+    this.port = await this.server.listen({
+      host: this.options.host,
+      port: this.options.port,
+      maxPayloadBytes: this.limits.receive,
+      token: this.options.token,
+      tlsCert: this.options.tlsCert,
+      tlsKey: this.options.tlsKey,
+      insecure: this.options.insecure,
+      // Two heartbeat intervals, the time after which a silent connection is dropped anyway.
+      helloTimeoutMs: 2 * this.options.heartbeatMs,
+      rejectedConnections: this.metrics.rejectedConnections,
+    });
     this.server.startHeartbeats(this.options.heartbeatMs);
     this.metricsPort = await this.metricsServer.listen(this.options.host, this.options.metricsPort);
 
     this.log.info('coordinator listening', {
-      url: `ws://${this.options.host}:${this.port}`,
+      url: `${this.server.scheme}://${this.options.host}:${this.port}`,
       metrics: `http://${this.options.host}:${this.metricsPort}/metrics`,
       model: this.options.model,
       parameters: this.specs.reduce((sum, spec) => sum + spec.shape.reduce((a, b) => a * b, 1), 0),

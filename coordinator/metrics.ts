@@ -102,6 +102,13 @@ export class CoordinatorMetrics {
     registers: [this.registry],
   });
 
+  readonly rejectedConnections = new Counter({
+    name: 'gradfleet_rejected_connections_total',
+    help: 'Connections closed before their hello was accepted, by reason: unauthorized (missing or wrong token), hello_timeout or hello_too_big.',
+    labelNames: ['reason'],
+    registers: [this.registry],
+  });
+
   readonly skippedSteps = new Counter({
     name: 'gradfleet_skipped_steps_total',
     help: 'Steps not applied because one shard gradient was non-finite on two workers.',

@@ -39,6 +39,8 @@ export class WorkerSession {
     readonly workerId: string,
     private readonly socket: WebSocket,
     private readonly countSent: (bytes: number) => void,
+    /** The peer's address and port, for log lines about this connection. */
+    readonly remoteAddress = '',
   ) {
     socket.on('pong', () => (this.missedHeartbeats = 0));
   }
@@ -72,11 +74,14 @@ export class WorkerSession {
     this.countSent(frame.byteLength);
   }
 
-  /** Tells the worker why the connection ends, then closes it with `closeCode`. */
-  closeWithError(code: ErrorCode, message: string, closeCode: number): void {
+  /**
+   * Tells the worker why the connection ends, then closes it with `closeCode` and
+   * `reason` (the error code unless given; a close frame has room for 123 bytes).
+   */
+  closeWithError(code: ErrorCode, message: string, closeCode: number, reason: string = code): void {
     if (this.state === 'closed') return;
     this.send({ type: 'error', code, message });
-    this.close(closeCode, code);
+    this.close(closeCode, reason);
   }
 
   close(closeCode: number = CLOSE_CODES.normal, reason = ''): void {

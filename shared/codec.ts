@@ -204,7 +204,16 @@ function validateHello(fields: Fields): Message {
     workerName: requireString(fields, type, 'workerName'),
     backend: requireString(fields, type, 'backend'),
     gradfleetVersion: requireString(fields, type, 'gradfleetVersion'),
+    ...optionalToken(fields),
   };
+}
+
+/** Returns `{ token }` when the hello carries one; the error never quotes the value, which may be a secret. */
+function optionalToken(fields: Fields): { token?: string } {
+  const token = fields.token;
+  if (token === undefined) return {};
+  if (typeof token !== 'string') throw malformed('hello', `field "token" must be a string when present, got ${typeof token}`);
+  return { token };
 }
 
 function validateWelcome(fields: Fields): Message {

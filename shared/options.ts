@@ -29,6 +29,14 @@ export interface CommonOptions {
 export interface CoordinatorOptions extends CommonOptions {
   /** Address the WebSocket and metrics servers listen on; 0.0.0.0 accepts workers from other hosts. */
   host: string;
+  /** Shared secret every worker must send in `hello`; any worker may join when unset. */
+  token?: string;
+  /** PEM certificate chain; with `tlsKey` the coordinator serves wss:// instead of ws://. */
+  tlsCert?: string;
+  /** PEM private key of `tlsCert`. */
+  tlsKey?: string;
+  /** Allows a non-loopback `host` without a token and TLS, for trusted private networks. */
+  insecure: boolean;
   /** WebSocket port for workers; 0 picks any free port. */
   port: number;
   /** Port of the Prometheus `/metrics` endpoint; 0 picks any free port. */
@@ -81,6 +89,12 @@ export interface CoordinatorOptions extends CommonOptions {
 export interface WorkerOptions extends CommonOptions {
   /** The coordinator's WebSocket URL, such as ws://10.0.0.5:7070. */
   coordinator: string;
+  /** Shared secret sent in `hello`; must equal the coordinator's `--token`. */
+  token?: string;
+  /** PEM certificate to trust for a wss:// coordinator: a private CA or the coordinator's self-signed certificate. */
+  ca?: string;
+  /** Allows sending the token over ws:// to a host other than this machine. */
+  insecure: boolean;
   /** Name shown in the coordinator's logs and metrics. */
   name: string;
   /** Address of the worker's metrics server. */
@@ -103,6 +117,7 @@ export const COMMON_DEFAULTS: CommonOptions = {
 export const COORDINATOR_DEFAULTS: CoordinatorOptions = {
   ...COMMON_DEFAULTS,
   host: '127.0.0.1',
+  insecure: false,
   port: 7070,
   metricsPort: 9400,
   workers: 2,
@@ -126,6 +141,7 @@ export const COORDINATOR_DEFAULTS: CoordinatorOptions = {
 export const WORKER_DEFAULTS: WorkerOptions = {
   ...COMMON_DEFAULTS,
   coordinator: 'ws://127.0.0.1:7070',
+  insecure: false,
   name: '',
   metricsHost: '127.0.0.1',
   metricsPort: 9401,

@@ -29,6 +29,11 @@ export interface HelloMessage {
   workerName: string;
   backend: string;
   gradfleetVersion: string;
+  /**
+   * The shared token (`--token`), sent only when the worker has one. A coordinator with a
+   * token closes the connection with UNAUTHORIZED unless it matches; one without ignores it.
+   */
+  token?: string;
 }
 
 /** Coordinator → worker, the reply to `hello`: the model to build. */
@@ -119,6 +124,7 @@ export const ERROR_CODES = [
   'TRAINING_COMPLETE',
   'COORDINATOR_SHUTDOWN',
   'MESSAGE_TOO_BIG',
+  'UNAUTHORIZED',
 ] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
@@ -132,6 +138,13 @@ export const CLOSE_CODES = {
   malformedMessage: 4002,
   selfCheckFailed: 4003,
   trainingComplete: 4004,
+  /** The worker's token is missing or does not match the coordinator's. */
+  unauthorized: 4006,
+  /**
+   * RFC 6455 "policy violation", sent when no `hello` arrived within the hello deadline;
+   * the worker reconnects, since a stalled network can cause it.
+   */
+  helloTimeout: 1008,
   /** Set by the `ws` library when a frame exceeds the receiver's limit (RFC 6455 "message too big"). */
   messageTooBig: 1009,
   coordinatorShutdown: 4100,
@@ -141,6 +154,7 @@ export const CLOSE_CODES = {
 export function closeCodeForError(code: ErrorCode): number {
   if (code === 'PROTOCOL_VERSION_MISMATCH') return CLOSE_CODES.protocolVersionMismatch;
   if (code === 'MESSAGE_TOO_BIG') return CLOSE_CODES.messageTooBig;
+  if (code === 'UNAUTHORIZED') return CLOSE_CODES.unauthorized;
   return CLOSE_CODES.malformedMessage;
 }
 

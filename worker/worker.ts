@@ -17,6 +17,7 @@ import {
   type WeightsMessage,
   type WorkerMessage,
 } from '../shared/protocol.js';
+import { checkWorkerTransport, describeCertificateError, readCaCertificate } from '../shared/security.js';
 import { computeGradients } from '../shared/training.js';
 import { GRADFLEET_VERSION } from '../shared/version.js';
 import { WorkerMetrics } from './metrics.js';
@@ -42,6 +43,7 @@ const PERMANENT_CLOSE_CODES = new Set<number>([
   CLOSE_CODES.protocolVersionMismatch,
   CLOSE_CODES.malformedMessage,
   CLOSE_CODES.selfCheckFailed,
+  CLOSE_CODES.unauthorized,
 ]);
 
 /** Reconnect delays grow from 250 ms to 5 s, with up to 50% random jitter. */
@@ -126,18 +128,40 @@ export class Worker {
     }
   }
 
-  /** Opens one connection; resolves with the error if it could not be opened. */
+  /**
+   * Opens one connection; resolves with the error if it could not be opened and another
+   * attempt may succeed. A token that would travel in clear text, an unreadable --ca or a
+   * certificate that cannot be verified stops the worker instead (and resolves with
+   * undefined), since no retry can fix them.
+   */
   private connectOnce(): Promise<Error | undefined> {
     return new Promise((resolve) => {
-      const socket = new WebSocket(this.options.coordinator, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false });
+      let ca: Buffer | undefined;
+      try {
+        checkWorkerTransport(this.options);
+        if (this.options.ca !== undefined) ca = readCaCertificate(this.options.ca);
+      } catch (error) {
+        this.fail(error as Error);
+        resolve(undefined);
+        return;
+      }
+      const socket = new WebSocket(this.options.coordinator, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false, ...(ca && { ca }) });
       socket.once('open', () => {
         this.socket = socket;
         this.attach(socket);
-        this.send({ type: 'hello', protocolVersion: PROTOCOL_VERSION, workerName: this.name, backend: tf.getBackend(), gradfleetVersion: GRADFLEET_VERSION });
+        const token = this.options.token !== undefined ? { token: this.options.token } : {};
+        this.send({ type: 'hello', protocolVersion: PROTOCOL_VERSION, workerName: this.name, backend: tf.getBackend(), gradfleetVersion: GRADFLEET_VERSION, ...token });
         resolve(undefined);
       });
-      socket.once('error', (error) => {
-        if (socket.readyState !== WebSocket.OPEN) resolve(error);
+      socket.once('error', (error: Error & { code?: string }) => {
+        if (socket.readyState === WebSocket.OPEN) return;
+        const certificateProblem = describeCertificateError(error, this.options.coordinator);
+        if (!certificateProblem) {
+          resolve(error);
+          return;
+        }
+        this.fail(new WorkerFatalError(certificateProblem));
+        resolve(undefined);
       });
     });
   }
