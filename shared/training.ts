@@ -59,6 +59,49 @@ export function computeGradients(model: tf.LayersModel, batch: ByteBatch, numCla
   return { gradients, loss, correct };
 }
 
+/**
+ * Computes what `computeGradients` computes, in slices of at most `sliceSize` examples,
+ * and returns to the event loop after each slice, so that the caller keeps answering
+ * heartbeats while it computes. Each slice's mean gradient and mean loss are weighted by
+ * the slice's example count, so the result is the whole batch's mean up to float32
+ * rounding; the sums are kept in float64. `computeMs` counts only the time spent in the
+ * slices, not the waits between them.
+ */
+export async function computeGradientsInSlices(
+  model: tf.LayersModel,
+  batch: ByteBatch,
+  numClasses: number,
+  sliceSize: number,
+): Promise<GradientResult & { computeMs: number }> {
+  const inputShape = model.inputs[0].shape.slice(1) as number[];
+  const pixels = inputShape.reduce((product, size) => product * size, 1);
+  let sums: Float64Array[] = [];
+  let lossSum = 0;
+  let correct = 0;
+  let computeMs = 0;
+  for (let start = 0; start < batch.count; start += sliceSize) {
+    const count = Math.min(sliceSize, batch.count - start);
+    const slice = {
+      images: batch.images.subarray(start * pixels, (start + count) * pixels),
+      labels: batch.labels.subarray(start, start + count),
+      count,
+    };
+    if (start > 0) await new Promise((resolve) => setImmediate(resolve));
+    const started = performance.now();
+    const result = computeGradients(model, slice, numClasses);
+    if (start === 0) sums = result.gradients.map((gradient) => new Float64Array(gradient.length));
+    result.gradients.forEach((gradient, t) => {
+      const sum = sums[t];
+      for (let i = 0; i < gradient.length; i++) sum[i] += count * gradient[i];
+    });
+    lossSum += count * result.loss;
+    correct += result.correct;
+    computeMs += performance.now() - started;
+  }
+  const gradients = sums.map((sum) => Float32Array.from(sum, (value) => value / batch.count));
+  return { gradients, loss: lossSum / batch.count, correct, computeMs };
+}
+
 function countCorrect(probabilities: tf.Tensor, labels: tf.Tensor1D): tf.Tensor {
   return tf.tidy(() => probabilities.argMax(-1).equal(labels).sum());
 }
