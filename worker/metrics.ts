@@ -1,14 +1,26 @@
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { SECONDS_BUCKETS } from '../shared/metrics-server.js';
+
+/** Sampling interval of the event-loop delay monitor, in milliseconds. */
+const LOOP_DELAY_RESOLUTION_MS = 10;
+
+/** Quantiles of the event-loop delay that the gauge reports; 1 is the maximum. */
+const LOOP_DELAY_QUANTILES = [0.5, 0.99, 1];
 
 
 /** All metrics of one worker, in a registry of its own. */
 export class WorkerMetrics {
   readonly registry = new Registry();
+  private readonly loopDelay = monitorEventLoopDelay({ resolution: LOOP_DELAY_RESOLUTION_MS });
+
+  constructor() {
+    this.loopDelay.enable();
+  }
 
   readonly compute = new Histogram({
     name: 'gradfleet_worker_compute_seconds',
-    help: 'Time spent computing one shard gradient, in seconds.',
+    help: 'Time spent computing one shard gradient, in the gradient thread or in main-thread slices, in seconds.',
     buckets: SECONDS_BUCKETS,
     registers: [this.registry],
   });
@@ -49,4 +61,32 @@ export class WorkerMetrics {
     labelNames: ['worker', 'backend', 'version'],
     registers: [this.registry],
   });
+
+  /**
+   * Delay of the main thread's event loop, which replies to heartbeats, since the previous
+   * scrape. Node's monitor samples it every LOOP_DELAY_RESOLUTION_MS, and each scrape reads
+   * and resets it, so a large value means the loop was blocked that long in that interval.
+   */
+  readonly eventLoopDelay = new Gauge({
+    name: 'gradfleet_worker_event_loop_delay_seconds',
+    help: 'Event-loop delay of the worker main thread since the previous scrape, in seconds, by quantile (1 is the maximum).',
+    labelNames: ['quantile'],
+    registers: [this.registry],
+    collect: () => this.collectLoopDelay(),
+  });
+
+  /** Stops the event-loop delay monitor; safe to call twice. */
+  close(): void {
+    this.loopDelay.disable();
+  }
+
+  private collectLoopDelay(): void {
+    const histogram = this.loopDelay;
+    for (const quantile of LOOP_DELAY_QUANTILES) {
+      let nanoseconds = 0;
+      if (histogram.count > 0) nanoseconds = quantile === 1 ? histogram.max : histogram.percentile(quantile * 100);
+      this.eventLoopDelay.set({ quantile: String(quantile) }, nanoseconds / 1e9);
+    }
+    histogram.reset();
+  }
 }
