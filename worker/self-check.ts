@@ -45,7 +45,8 @@ export function runSelfCheck(model: tf.LayersModel, numClasses: number): number 
 /**
  * Test hook: unregisters the kernel named by TEST_GRADFLEET_DROP_KERNEL from the active
  * backend, so that tests can watch the self-check fail as it would on a backend that
- * lacks the kernel. Unset in normal use.
+ * lacks the kernel. Unset in normal use. Kernels are registered per tfjs instance, so the
+ * gradient thread calls it too, once its backend is active.
  */
 export function dropKernelForTests(): void {
   const kernel = process.env.TEST_GRADFLEET_DROP_KERNEL;

@@ -1,10 +1,9 @@
 import { hostname } from 'node:os';
 import { WebSocket, type RawData } from 'ws';
-import { tf } from '../shared/backend.js';
+import { tf, type BackendName } from '../shared/backend.js';
 import { decodeCoordinatorMessage, encodeMessage } from '../shared/codec.js';
 import type { Logger } from '../shared/log.js';
 import { MetricsServer } from '../shared/metrics-server.js';
-import { modelFromTopology, trainableVariables } from '../shared/models.js';
 import type { WorkerOptions } from '../shared/options.js';
 import {
   CLOSE_CODES,
@@ -18,10 +17,11 @@ import {
   type WorkerMessage,
 } from '../shared/protocol.js';
 import { checkWorkerTransport, describeCertificateError, readCaCertificate } from '../shared/security.js';
-import { computeGradients } from '../shared/training.js';
 import { GRADFLEET_VERSION } from '../shared/version.js';
 import { WorkerMetrics } from './metrics.js';
-import { runSelfCheck, SelfCheckError } from './self-check.js';
+import { SelfCheckError } from './self-check.js';
+import type { TensorMemory } from './model-replica.js';
+import { createTrainer, type Trainer } from './trainer.js';
 
 /**
  * A worker's lifecycle: connecting → joined (welcome received, self-check passed) →
@@ -67,11 +67,12 @@ export class Worker {
   private readonly name: string;
   state: WorkerState = 'connecting';
   private socket?: WebSocket;
-  private model?: tf.LayersModel;
-  private variables: tf.Variable[] = [];
+  /** Holds the model and computes gradients, in a worker thread for most backends. */
+  private trainer?: Trainer;
+  /** Shapes of the model's trainable weights, as the trainer built them. */
+  private variableShapes: number[][] = [];
   /** Wire names of the trainable weights, as the coordinator listed them in `welcome`. */
   private parameterNames: string[] = [];
-  private numClasses = 10;
   /** Largest message accepted from the coordinator, in bytes, as its `welcome` announced. */
   private maxMessageBytes = MAX_PAYLOAD_BYTES;
   private weightsStep = -1;
@@ -214,16 +215,17 @@ export class Worker {
   }
 
   private async onWelcome(message: WelcomeMessage): Promise<void> {
-    this.disposeModel();
-    this.model = await modelFromTopology(message.modelTopology);
-    this.variables = trainableVariables(this.model);
-    this.numClasses = message.numClasses;
+    if (this.stopping) return;
+    // The process selected its backend from --backend before the worker started. A
+    // reconnected worker keeps its trainer, which replaces the model.
+    const trainer = (this.trainer ??= createTrainer(tf.getBackend() as BackendName, (error) => this.fail(new WorkerFatalError(error.message))));
+    this.variableShapes = await trainer.build(message.modelTopology, message.numClasses);
     this.maxMessageBytes = message.maxMessageBytes;
     this.parameterNames = message.parameters.map((parameter) => parameter.name);
     this.checkParameters(message);
     let selfCheckMs: number;
     try {
-      selfCheckMs = runSelfCheck(this.model, this.numClasses);
+      selfCheckMs = await trainer.selfCheck();
     } catch (error) {
       if (!(error instanceof SelfCheckError)) throw error;
       this.send({ type: 'error', code: 'SELF_CHECK_FAILED', message: error.message });
@@ -257,7 +259,7 @@ export class Worker {
   }
 
   private checkParameters(message: WelcomeMessage): void {
-    const shapes = this.variables.map((variable) => variable.shape.join('x')).join(',');
+    const shapes = this.variableShapes.map((shape) => shape.join('x')).join(',');
     const expected = message.parameters.map((parameter) => parameter.shape.join('x')).join(',');
     if (shapes !== expected) {
       throw new WorkerFatalError(`the model built from the coordinator's topology has weight shapes ${shapes}, but the coordinator lists ${expected}`);
@@ -265,33 +267,40 @@ export class Worker {
   }
 
   private onWeights(message: WeightsMessage): void {
-    if (message.tensors.length !== this.variables.length) {
-      throw new WorkerFatalError(`weights for step ${message.step} carry ${message.tensors.length} tensors; the model has ${this.variables.length}`);
+    if (message.tensors.length !== this.variableShapes.length) {
+      throw new WorkerFatalError(`weights for step ${message.step} carry ${message.tensors.length} tensors; the model has ${this.variableShapes.length}`);
     }
     message.tensors.forEach((tensor, t) => {
-      const variable = this.variables[t];
-      if (tensor.shape.join(',') !== variable.shape.join(',')) {
-        throw new WorkerFatalError(`weights for step ${message.step}: tensor "${tensor.name}" has shape [${tensor.shape}], the model expects [${variable.shape}]`);
+      const shape = this.variableShapes[t];
+      if (tensor.shape.join(',') !== shape.join(',')) {
+        throw new WorkerFatalError(`weights for step ${message.step}: tensor "${tensor.name}" has shape [${tensor.shape}], the model expects [${shape}]`);
       }
-      tf.tidy(() => variable.assign(tf.tensor(tensor.data, variable.shape, 'float32')));
     });
+    // The step is recorded now, not when the thread has assigned the weights: the thread
+    // handles requests in order, so the shard that follows sees these weights.
     this.weightsStep = message.step;
     this.state = 'training';
+    this.trainer!.setWeights(message.tensors.map((tensor) => tensor.data)).catch((error: Error) => this.fail(error));
   }
 
-  private onShard(message: ShardMessage): void {
+  private async onShard(message: ShardMessage): Promise<void> {
     if (message.step !== this.weightsStep) {
       this.log.warn('shard skipped: no weights for its step', { step: message.step, weightsStep: this.weightsStep });
       return;
     }
-    const started = performance.now();
+    const socket = this.socket;
     const count = message.sampleIds.length;
-    const result = computeGradients(this.model!, { images: message.images, labels: message.labels, count }, this.numClasses);
-    const computeMs = performance.now() - started;
+    const result = await this.trainer!.computeGradients({ images: message.images, labels: message.labels, count });
+    if (this.socket !== socket) {
+      // The coordinator gave this shard to other workers when the connection closed.
+      this.log.info('gradient dropped: the connection closed while it was computed', { step: message.step });
+      return;
+    }
+    const computeMs = result.computeMs;
     poisonGradientForTests(message.step, result.gradients);
     const tensors = result.gradients.map((data, t) => ({
       name: this.parameterNames[t],
-      shape: this.variables[t].shape,
+      shape: this.variableShapes[t],
       dtype: 'float32' as const,
       data,
     }));
@@ -338,10 +347,17 @@ export class Worker {
     this.finish.reject(error);
   }
 
-  private disposeModel(): void {
-    this.model?.dispose();
-    this.model = undefined;
-    this.variables = [];
+  /** Counts the live tensors of the tfjs instance that holds the model; undefined before the first `welcome`. */
+  async trainerMemory(): Promise<TensorMemory | undefined> {
+    return this.trainer?.memory();
+  }
+
+  /** Closes the trainer, which ends its thread and disposes the model. */
+  private async disposeModel(): Promise<void> {
+    const trainer = this.trainer;
+    this.trainer = undefined;
+    this.variableShapes = [];
+    await trainer?.close();
   }
 
   /** Closes the connection, the metrics server and the model; safe to call twice. */
@@ -351,7 +367,8 @@ export class Worker {
     this.socket?.terminate();
     this.socket = undefined;
     await this.metricsServer.close();
-    this.disposeModel();
+    await this.disposeModel();
+    this.metrics.close();
   }
 }
 

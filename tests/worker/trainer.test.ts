@@ -1,0 +1,125 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { selectBackend, tf, type BackendName } from '../../shared/backend.js';
+import { buildModel, modelTopology, trainableVariables } from '../../shared/models.js';
+import { computeGradients, type ByteBatch } from '../../shared/training.js';
+import { SelfCheckError } from '../../worker/self-check.js';
+import { MainThreadTrainer, ThreadTrainer, TrainerCrashError, type Trainer } from '../../worker/trainer.js';
+
+const SHAPE = { inputShape: [28, 28, 1] as [number, number, number], numClasses: 10 };
+/** Not a slice-size multiple, so the main-thread trainer's last slice is smaller than the others. */
+const BATCH_SIZE = 21;
+
+/** Makes a batch with a fixed pattern of pixels and every class. */
+function makeBatch(): ByteBatch {
+  const images = new Uint8Array(BATCH_SIZE * 784);
+  for (let i = 0; i < images.length; i++) images[i] = (i * 37) % 256;
+  const labels = Uint8Array.from({ length: BATCH_SIZE }, (_, i) => i % 10);
+  return { images, labels, count: BATCH_SIZE };
+}
+
+function maxAbsDifference(a: Float32Array, b: Float32Array): number {
+  let max = 0;
+  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
+  return max;
+}
+
+function noCrash(error: Error): void {
+  throw new Error(`unexpected crash of the gradient thread: ${error.message}`);
+}
+
+describe('trainer', () => {
+  const open: Trainer[] = [];
+  let model: tf.LayersModel;
+  let weights: Float32Array[];
+  let reference: ReturnType<typeof computeGradients>;
+
+  beforeAll(async () => {
+    await selectBackend('wasm');
+    model = buildModel('mlp', SHAPE, 7);
+    weights = trainableVariables(model).map((variable) => variable.dataSync() as Float32Array);
+    reference = computeGradients(model, makeBatch(), SHAPE.numClasses);
+  });
+
+  afterAll(async () => {
+    for (const trainer of open) await trainer.close();
+    model.dispose();
+  });
+
+  /** Builds the test model in `trainer` and loads its weights. */
+  async function load(trainer: Trainer): Promise<void> {
+    open.push(trainer);
+    const shapes = await trainer.build(modelTopology(model), SHAPE.numClasses);
+    expect(shapes).toEqual(trainableVariables(model).map((variable) => variable.shape));
+    await trainer.setWeights(weights.map((array) => array.slice()));
+  }
+
+  it('thread matches the main thread', async () => {
+    const trainer = new ThreadTrainer('wasm', noCrash);
+    await load(trainer);
+    const result = await trainer.computeGradients(makeBatch());
+    expect(result.gradients).toHaveLength(reference.gradients.length);
+    result.gradients.forEach((gradient, t) => expect(maxAbsDifference(gradient, reference.gradients[t])).toBeLessThanOrEqual(1e-6));
+    expect(result.loss).toBeCloseTo(reference.loss, 5);
+    expect(result.correct).toBe(reference.correct);
+    expect(result.computeMs).toBeGreaterThan(0);
+  });
+
+  it('slices sum to the batch mean', async () => {
+    const trainer = new MainThreadTrainer();
+    await load(trainer);
+    const result = await trainer.computeGradients(makeBatch());
+    result.gradients.forEach((gradient, t) => expect(maxAbsDifference(gradient, reference.gradients[t])).toBeLessThanOrEqual(1e-6));
+    expect(result.loss).toBeCloseTo(reference.loss, 5);
+    expect(result.correct).toBe(reference.correct);
+  });
+
+  it('thread tensor count stays flat', async () => {
+    const trainer = new ThreadTrainer('wasm', noCrash);
+    await load(trainer);
+    await trainer.computeGradients(makeBatch());
+    const before = await trainer.memory();
+    for (let step = 0; step < 5; step++) {
+      await trainer.setWeights(weights.map((array) => array.slice()));
+      await trainer.computeGradients(makeBatch());
+    }
+    expect((await trainer.memory()).numTensors).toBe(before.numTensors);
+    expect(before.numTensors).toBeGreaterThan(0);
+  });
+
+  it('self-check error crosses the thread', async () => {
+    const cnn = buildModel('cnn', SHAPE, 7);
+    // The thread copies the environment when it starts, and applies the hook there.
+    process.env.TEST_GRADFLEET_DROP_KERNEL = 'Conv2DBackpropFilter';
+    const trainer = new ThreadTrainer('wasm', noCrash);
+    delete process.env.TEST_GRADFLEET_DROP_KERNEL;
+    open.push(trainer);
+    await trainer.build(modelTopology(cnn), SHAPE.numClasses);
+    cnn.dispose();
+    const error = await trainer.selfCheck().then(() => undefined, (caught: Error) => caught);
+    expect(error).toBeInstanceOf(SelfCheckError);
+    expect((error as SelfCheckError).kernel).toBe('Conv2DBackpropFilter');
+    expect(error!.message).toMatch(/backend "wasm" has no "Conv2DBackpropFilter" kernel/);
+  });
+
+  it('crash rejects and reports once', async () => {
+    const crashes: Error[] = [];
+    // A backend name the thread cannot activate makes it fail while it starts.
+    const trainer = new ThreadTrainer('no-such-backend' as BackendName, (error) => crashes.push(error));
+    open.push(trainer);
+    const pending = trainer.memory().then(() => undefined, (caught: Error) => caught);
+    const error = await pending;
+    expect(error).toBeInstanceOf(TrainerCrashError);
+    expect(error!.message).toMatch(/gradient thread on backend "no-such-backend" failed/);
+    expect(crashes).toHaveLength(1);
+    await expect(trainer.memory()).rejects.toBe(error);
+  });
+
+  it('close twice is safe', async () => {
+    const trainer = new ThreadTrainer('wasm', noCrash);
+    await trainer.memory();
+    await trainer.close();
+    await trainer.close();
+    await expect(trainer.memory()).rejects.toThrow(/was closed/);
+    expect(tf.getBackend()).toBe('wasm');
+  });
+});
