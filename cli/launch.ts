@@ -123,8 +123,13 @@ export async function handler(args: ArgumentsCamelCase): Promise<void> {
   const scheme = options.tlsCert !== undefined ? 'wss' : 'ws';
   const url = `${scheme}://${host.includes(':') ? `[${host}]` : host}:${ports.port}`;
   // Local workers trust the coordinator's own certificate, which suits a self-signed one
-  // issued for the address they connect to.
-  const workerFlags = [...toFlags(options, Object.keys(COMMON_OPTIONS)), ...(options.tlsCert !== undefined ? ['--ca', String(options.tlsCert)] : [])];
+  // issued for the address they connect to. With --insecure they may also send the token
+  // over ws:// to a --host that is not loopback, which is this machine's own address.
+  const workerFlags = [
+    ...toFlags(options, Object.keys(COMMON_OPTIONS)),
+    ...(options.tlsCert !== undefined ? ['--ca', String(options.tlsCert)] : []),
+    ...(options.insecure === true ? ['--insecure'] : []),
+  ];
   const workerPorts: Promise<ListeningReport>[] = [];
   const workerFailures: Promise<string>[] = [];
   for (let i = 1; i <= options.workers; i++) {

@@ -25,6 +25,8 @@ export interface ServerHandlers {
  * long worker name and token while keeping the memory an unauthenticated peer can fill small.
  */
 export const MAX_HELLO_BYTES = 16 * 1024;
+// NOTE: the number of connections awaiting their hello is not capped; each one costs at
+// most MAX_HELLO_BYTES of input and lasts at most until its hello deadline.
 
 /** Reason a connection was closed before its `hello` was accepted: the label of `gradfleet_rejected_connections_total`. */
 export type ConnectionRejection = 'unauthorized' | 'hello_timeout' | 'hello_too_big';
