@@ -67,7 +67,7 @@ export class Worker {
   private readonly name: string;
   state: WorkerState = 'connecting';
   private socket?: WebSocket;
-  /** Holds the model and computes gradients, in a worker thread for most backends. */
+  /** The owner of the model, which computes gradients in a worker thread on most backends. */
   private trainer?: Trainer;
   /** Shapes of the model's trainable weights, as the trainer built them. */
   private variableShapes: number[][] = [];
@@ -276,8 +276,8 @@ export class Worker {
         throw new WorkerFatalError(`weights for step ${message.step}: tensor "${tensor.name}" has shape [${tensor.shape}], the model expects [${shape}]`);
       }
     });
-    // The step is recorded now, not when the thread has assigned the weights: the thread
-    // handles requests in order, so the shard that follows sees these weights.
+    // The step is recorded now, not when the thread has assigned the weights. The thread
+    // handles requests in order, so the shard that follows is computed with these weights.
     this.weightsStep = message.step;
     this.state = 'training';
     this.trainer!.setWeights(message.tensors.map((tensor) => tensor.data)).catch((error: Error) => this.fail(error));
@@ -347,7 +347,7 @@ export class Worker {
     this.finish.reject(error);
   }
 
-  /** Counts the live tensors of the tfjs instance that holds the model; undefined before the first `welcome`. */
+  /** Counts the live tensors of the tfjs instance that owns the model; undefined before the first `welcome`. */
   async trainerMemory(): Promise<TensorMemory | undefined> {
     return this.trainer?.memory();
   }
