@@ -129,7 +129,7 @@ describe('help', () => {
     await run.exited;
     const help = run.lines.join('\n');
     expect(help).toMatch(/--batch-size\s+Global batch per step in images[^\n]*\[default: 64\]/);
-    expect(help).toMatch(/--lr\s+Learning rate\s+\[default: 0.001\]/);
+    expect(help).toMatch(/--lr\s+Learning rate[^[]*\[default: 0.001\]/);
   });
 });
 
