@@ -24,6 +24,7 @@ const USER_ERRORS = new Set([
   'CoordinatorClosedError',
   'ListenError',
   'TrainingDivergedError',
+  'CheckpointError',
 ]);
 
 function reportFailure(error: Error): void {

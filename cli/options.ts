@@ -133,6 +133,18 @@ export const COORDINATOR_OPTIONS = {
     describe: 'Time a worker has to return its shard gradient, in milliseconds; then another worker computes the shard',
   },
   'evaluate-every-epoch': { type: 'boolean', default: COORDINATOR_DEFAULTS.evaluateEveryEpoch, describe: 'Evaluate on the test set after every epoch (the last is always evaluated)' },
+  'checkpoint-dir': { type: 'string', describe: 'Folder for checkpoints, written at every epoch end and on SIGINT/SIGTERM [default: no checkpoints]' },
+  'checkpoint-every-steps': {
+    default: COORDINATOR_DEFAULTS.checkpointEverySteps,
+    coerce: integer('checkpoint-every-steps', 0),
+    describe: 'Also write a checkpoint every N steps (0: only at epoch ends)',
+  },
+  'keep-checkpoints': { default: COORDINATOR_DEFAULTS.keepCheckpoints, coerce: integer('keep-checkpoints', 1), describe: 'Newest checkpoints to keep; older ones are deleted' },
+  resume: {
+    type: 'boolean',
+    default: COORDINATOR_DEFAULTS.resume,
+    describe: 'Continue from the newest valid checkpoint in --checkpoint-dir; start fresh when there is none',
+  },
 } satisfies Record<string, Options>;
 
 export const WORKER_OPTIONS = {
@@ -155,8 +167,9 @@ export const WORKER_OPTIONS = {
 } satisfies Record<string, Options>;
 
 export const EVALUATE_OPTIONS = {
-  'model-dir': { type: 'string', demandOption: true, describe: 'Folder with model.json and its weights, as written to --output' },
-  'data-dir': COORDINATOR_OPTIONS['data-dir'],
+  'model-dir': { type: 'string', describe: 'Folder with model.json and its weights, as written to --output' },
+  checkpoint: { type: 'string', describe: 'A checkpoint file, or a --checkpoint-dir folder for its newest valid checkpoint (instead of --model-dir)' },
+  'data-dir': { ...COORDINATOR_OPTIONS['data-dir'], describe: 'Folder with the t10k IDX files (raw or .gz) [default: the --data-dir of the checkpoint\'s run, else the bundled MNIST]' },
   'test-limit': COORDINATOR_OPTIONS['test-limit'],
 } satisfies Record<string, Options>;
 

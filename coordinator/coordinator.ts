@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { mkdir } from 'node:fs/promises';
 import { tf } from '../shared/backend.js';
 import { encodeMessage } from '../shared/codec.js';
 import { loadDataset, type Dataset, type Split } from '../shared/data/dataset.js';
@@ -9,6 +10,19 @@ import { buildModel, modelTopology, parameterSpecs, trainableVariables, type Par
 import { DEFAULT_BATCH_SIZE, OptionError, validateCoordinatorOptions, type CoordinatorOptions } from '../shared/options.js';
 import { CLOSE_CODES, PROTOCOL_VERSION, ProtocolError, type WireTensor, type WorkerMessage } from '../shared/protocol.js';
 import { evaluateInSlices, type EvaluationResult } from '../shared/training.js';
+import { GRADFLEET_VERSION } from '../shared/version.js';
+import {
+  CHECKPOINT_FORMAT_VERSION,
+  CheckpointError,
+  describeDifferences,
+  findLatestCheckpoint,
+  listCheckpoints,
+  optionDifferences,
+  recordOptions,
+  writeCheckpoint,
+  type Checkpoint,
+  type EpochProgress,
+} from './checkpoint.js';
 import { CoordinatorMetrics } from './metrics.js';
 import { EpochPlan, SampleLedger, splitIntoShards } from './plan.js';
 import { CoordinatorClosedError, Membership } from './membership.js';
@@ -22,6 +36,41 @@ export { CoordinatorClosedError };
 
 /** Step deadlines a worker may miss in a row before it is disconnected. */
 const MAX_CONSECUTIVE_TIMEOUTS = 3;
+
+/**
+ * How long a stop request lets the running step finish, in milliseconds. A step still
+ * running then is abandoned without being applied, so that the checkpoint, the messages
+ * to the workers and the exit fit in 10 seconds, the time `docker stop` waits by default
+ * between SIGTERM and SIGKILL.
+ */
+const STOP_STEP_GRACE_MS = 8_000;
+
+/** How long a stopping coordinator waits for its workers to acknowledge the close, in milliseconds. */
+const STOP_CLOSE_WAIT_MS = 500;
+
+/** Raised inside `run` when a stop was requested; `run` turns it into a result with `stopped` set. */
+class TrainingStoppedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'TrainingStoppedError';
+  }
+}
+
+/** The epoch in progress, as a checkpoint records it. */
+interface EpochState {
+  epoch: number;
+  plan: EpochPlan;
+  ledger: SampleLedger;
+  /** Plan position after the last finished step; a step abandoned by a stop does not advance it. */
+  position: number;
+  steps: number;
+  lossSum: number;
+  correct: number;
+  examples: number;
+  /** Training seconds of this epoch before the coordinator (re)started, and when it did by performance.now(). */
+  elapsedBefore: number;
+  startedAt: number;
+}
 
 /** One line of the per-epoch report, as Keras fit() prints it. */
 export interface EpochSummary {
@@ -41,6 +90,8 @@ export interface EpochSummary {
 export interface TrainingResult {
   steps: number;
   epochs: EpochSummary[];
+  /** True when a stop request ended training early; the newest checkpoint contains its state. */
+  stopped: boolean;
   /** Weights after the last step, in `parameterSpecs` order. */
   weights: Float32Array[];
   parameters: ParameterSpec[];
@@ -74,6 +125,17 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private currentWeightsFrame?: Buffer;
   private stepCount = 0;
   private skippedInARow = 0;
+  /** The epoch in progress; checkpoints are taken from it. */
+  private epochState?: EpochState;
+  /** The checkpoint this run resumed from, until its epoch starts. */
+  private resumedFrom?: Checkpoint;
+  /** Steps taken when the newest checkpoint was written; step 0 is the seeded start, which needs none. */
+  private lastCheckpointStep = 0;
+  /** Set by `requestStop`: why, and when by performance.now(). */
+  private stopRequest?: { reason: string; at: number };
+  /** Rejects when a stop is requested, to end the waits that are not steps. */
+  private readonly stopSignal: Promise<never>;
+  private rejectStop!: (error: Error) => void;
   /** Active workers of the last step, to log when linear scaling changes the learning rate. */
   private lastScaledWorkers?: number;
   private closed = false;
@@ -87,6 +149,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   ) {
     super();
     validateCoordinatorOptions(options);
+    this.stopSignal = new Promise<never>((_, reject) => (this.rejectStop = reject));
+    this.stopSignal.catch(() => undefined);
     this.dataset = dataset;
     this.server = new CoordinatorServer(
       {
@@ -116,6 +180,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     this.specs = parameterSpecs(this.model);
     this.weights = this.variables.map((variable) => Float32Array.from(variable.dataSync() as Float32Array));
     this.optimizer = makeOptimizer({ name: this.options.optimizer, lr: this.options.lr, momentum: this.options.momentum });
+    await this.restoreCheckpoint(train);
 
     this.limits = this.messageLimits(train);
     this.port = await this.server.listen({
@@ -177,19 +242,30 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     return perWorker !== undefined ? perWorker * activeWorkers : (this.options.batchSize ?? DEFAULT_BATCH_SIZE);
   }
 
-  /** Trains to completion, saves the model and sends `done` to every worker. */
+  /**
+   * Trains to completion, saves the model and sends `done` to every worker. After
+   * `requestStop` it returns early with `stopped` set, once the checkpoint is written and
+   * every worker has been sent COORDINATOR_SHUTDOWN, which makes it reconnect later.
+   */
   async run(): Promise<TrainingResult> {
     const train = this.dataset!.train;
     const epochs: EpochSummary[] = [];
-    await this.membership.waitFor(this.options.workers, 'to start training');
-    for (let epoch = 1; epoch <= this.options.epochs && !this.reachedMaxSteps(); epoch++) {
-      epochs.push(await this.runEpoch(epoch, train));
+    try {
+      await this.untilStopped(this.membership.waitFor(this.options.workers, 'to start training'));
+      const first = this.resumedFrom?.progress.epoch ?? 1;
+      for (let epoch = first; epoch <= this.options.epochs && !this.reachedMaxSteps(); epoch++) {
+        epochs.push(await this.runEpoch(epoch, train));
+      }
+    } catch (error) {
+      if (!(error instanceof TrainingStoppedError)) throw error;
+      await this.stopAtStepBoundary(error.message);
+      return { steps: this.stepCount, epochs, stopped: true, weights: this.readWeights(), parameters: this.specs };
     }
     this.syncModel();
     await saveModel(this.model!, this.options.output);
     this.log.info('training complete; model saved', { output: this.options.output, steps: this.stepCount });
     this.finishWorkers();
-    return { steps: this.stepCount, epochs, weights: this.readWeights(), parameters: this.specs };
+    return { steps: this.stepCount, epochs, stopped: false, weights: this.readWeights(), parameters: this.specs };
   }
 
   private reachedMaxSteps(): boolean {
@@ -197,45 +273,71 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   private async runEpoch(epoch: number, train: Split): Promise<EpochSummary> {
-    const plan = new EpochPlan(epoch, train.count, this.options.seed);
-    const ledger = new SampleLedger(train.count);
+    const state = this.startEpoch(epoch, train);
+    const { plan, ledger } = state;
     this.metrics.epoch.set(epoch);
-    const started = performance.now();
-    let lossSum = 0;
-    let correct = 0;
-    let examples = 0;
-    let steps = 0;
 
     while (!plan.done && !this.reachedMaxSteps()) {
+      if (this.stopRequest) throw new TrainingStoppedError(this.stopRequest.reason);
       const active = await this.admitWaitingWorkers();
       const ids = plan.take(this.globalBatchSize(active.length));
       const step = await this.runStep(epoch, ids, active, train);
-      steps++;
+      state.steps++;
+      state.position = plan.position;
       // The samples of a skipped step count as unused: no update was made from them.
-      if (step.skipped) continue;
-      for (const used of step.usedIds) ledger.record(used);
-      lossSum += step.lossSum;
-      correct += step.correct;
-      examples += step.accumulator.count;
-      this.logProgress(epoch, steps, lossSum / examples, correct / examples);
+      if (!step.skipped) {
+        for (const used of step.usedIds) ledger.record(used);
+        state.lossSum += step.lossSum;
+        state.correct += step.correct;
+        state.examples += step.accumulator.count;
+        this.logProgress(epoch, state.steps, state.lossSum / state.examples, state.correct / state.examples);
+      }
+      const every = this.options.checkpointEverySteps;
+      if (every > 0 && this.stepCount % every === 0) await this.saveCheckpoint('every --checkpoint-every-steps');
     }
 
-    const elapsedSeconds = (performance.now() - started) / 1000;
-    const test = await this.evaluateOnTestSet(epoch);
+    // Taken before the evaluation, which can take longer than a stop may wait.
+    await this.saveCheckpoint(plan.done ? 'epoch end' : 'training end');
+    const elapsedSeconds = this.epochSeconds(state);
+    const test = await this.untilStopped(this.evaluateOnTestSet(epoch));
     const summary: EpochSummary = {
       epoch,
       epochs: this.options.epochs,
-      steps,
-      trainLoss: lossSum / examples,
-      trainAccuracy: correct / examples,
+      steps: state.steps,
+      trainLoss: state.lossSum / state.examples,
+      trainAccuracy: state.correct / state.examples,
       testLoss: test.loss,
       testAccuracy: test.accuracy,
-      imagesPerSecond: examples / elapsedSeconds,
+      imagesPerSecond: state.examples / elapsedSeconds,
       elapsedSeconds,
       samples: ledger.summary(),
     };
     this.reportEpoch(summary, plan.done);
     return summary;
+  }
+
+  /** Returns the state of a new epoch, or of the resumed one with its position, ledger and sums. */
+  private startEpoch(epoch: number, train: Split): EpochState {
+    const resumed = this.resumedFrom?.progress.epoch === epoch ? this.resumedFrom.progress : undefined;
+    this.resumedFrom = undefined;
+    const plan = new EpochPlan(epoch, train.count, this.options.seed, resumed?.position ?? 0);
+    this.epochState = {
+      epoch,
+      plan,
+      ledger: resumed ? SampleLedger.fromCounts(resumed.ledgerCounts) : new SampleLedger(train.count),
+      position: plan.position,
+      steps: resumed?.steps ?? 0,
+      lossSum: resumed?.lossSum ?? 0,
+      correct: resumed?.correct ?? 0,
+      examples: resumed?.examples ?? 0,
+      elapsedBefore: resumed?.elapsedSeconds ?? 0,
+      startedAt: performance.now(),
+    };
+    return this.epochState;
+  }
+
+  private epochSeconds(state: EpochState): number {
+    return state.elapsedBefore + (performance.now() - state.startedAt) / 1000;
   }
 
   private async evaluateOnTestSet(epoch: number): Promise<EvaluationResult> {
@@ -267,8 +369,11 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     );
     this.currentStep = run;
     run.assign(active);
-    await this.waitForStep(run);
-    this.currentStep = undefined;
+    try {
+      await this.waitForStep(run);
+    } finally {
+      this.currentStep = undefined;
+    }
     // A skipped step still uses up its number, so that gradients still in flight for it
     // arrive as stale instead of being taken for the next step.
     if (run.skipped) {
@@ -302,9 +407,24 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       this.expireLateShards(run);
       run.assign(this.membership.active());
       if (run.hasUnassigned && this.membership.active().length === 0) this.admitIntoRunningStep(run);
-      await Promise.race([finished, this.membership.changed(Math.min(1_000, this.options.stepTimeoutMs / 2))]);
+      if (this.stopRequest) this.abandonStepIfStuck(run, this.stopRequest.at);
+      const recheckMs = this.stopRequest ? 100 : Math.min(1_000, this.options.stepTimeoutMs / 2);
+      await Promise.race([finished, this.membership.changed(recheckMs)]);
     }
     await finished;
+  }
+
+  /**
+   * During a stop, abandons the running step, without applying it, once it has had
+   * STOP_STEP_GRACE_MS to finish, or at once when no worker is left to finish it.
+   */
+  private abandonStepIfStuck(run: StepRun, stopAt: number): void {
+    const waitedMs = performance.now() - stopAt;
+    const noWorkers = this.membership.active().length === 0;
+    if (waitedMs < STOP_STEP_GRACE_MS && !noWorkers) return;
+    const cause = noWorkers ? 'no worker is left to finish it' : `it did not finish within ${STOP_STEP_GRACE_MS} ms`;
+    this.log.warn('step abandoned without being applied: stopping', { step: run.step, reason: cause });
+    run.abort(new TrainingStoppedError(`${this.stopRequest!.reason}; step ${run.step} was abandoned because ${cause}`));
   }
 
   /**
@@ -379,7 +499,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     const { minWorkers } = this.options;
     if (this.membership.readyCount() < minWorkers) {
       this.log.warn('training paused: too few workers', { active: this.membership.active().length, minWorkers, step: this.stepCount });
-      await this.membership.waitFor(minWorkers, `to resume training (--min-workers ${minWorkers})`);
+      await this.untilStopped(this.membership.waitFor(minWorkers, `to resume training (--min-workers ${minWorkers})`));
       this.log.info('training resumed', { ready: this.membership.readyCount(), step: this.stepCount });
     }
     this.membership.admitWaiting(this.stepCount);
@@ -486,7 +606,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 
   private onClose(session: WorkerSession, code: number, reason: string): void {
     if (session.workerName) this.metrics.workerInfo.remove({ worker: session.workerName, backend: session.backend, version: session.gradfleetVersion });
-    if (!this.closed) this.log.warn('worker disconnected', { workerId: session.workerId, worker: session.workerName, code, reason });
+    const context = { workerId: session.workerId, worker: session.workerName, code, reason };
+    // A worker stopped by its operator says so with its close code; its shard goes to the others as for any lost worker.
+    if (code === CLOSE_CODES.workerLeaving) this.log.info('worker left', context);
+    else if (!this.closed && !this.stopRequest) this.log.warn('worker disconnected', context);
     const run = this.currentStep;
     if (run) {
       run.release(session);
@@ -494,6 +617,159 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     }
     this.metrics.activeWorkers.set(this.membership.active().length);
     this.membership.notify();
+  }
+
+  // ---------------------------------------------------------------------------
+  // Checkpoints and stopping
+
+  /**
+   * With --resume, loads the newest valid checkpoint in --checkpoint-dir into the weights,
+   * the optimizer and the step count, or starts fresh when the folder has none. Without
+   * --resume, raises when the folder already contains checkpoints, because new ones would be
+   * mixed with (and pruned against) those of the other run.
+   */
+  private async restoreCheckpoint(train: Split): Promise<void> {
+    const folder = this.options.checkpointDir;
+    if (folder === undefined) return;
+    await mkdir(folder, { recursive: true });
+    if (!this.options.resume) {
+      const [newest] = await listCheckpoints(folder);
+      if (newest) {
+        throw new OptionError(
+          `--checkpoint-dir ${folder} already contains checkpoints (newest: ${newest}); ` +
+            'pass --resume to continue that run, or give an empty folder to start a new one',
+        );
+      }
+      return;
+    }
+    const { found, skipped } = await findLatestCheckpoint(folder, (path, reason) => this.log.warn('checkpoint skipped: it is not valid', { path, reason }));
+    if (!found && skipped > 0) {
+      throw new CheckpointError(`cannot resume: none of the ${skipped} checkpoint files in ${folder} is valid (see the warnings above); move them away to start a new run`);
+    }
+    if (!found) {
+      this.log.info('no checkpoint found; starting fresh', { checkpointDir: folder });
+      return;
+    }
+    const { path, checkpoint } = found;
+    const differences = optionDifferences(checkpoint.options, this.options);
+    if (differences.length > 0) throw new OptionError(describeDifferences(path, differences));
+    this.checkCheckpointFits(path, checkpoint, train);
+
+    this.weights = checkpoint.weights.map((tensor) => tensor.data);
+    this.optimizer!.importState(checkpoint.optimizer);
+    this.stepCount = checkpoint.step;
+    this.skippedInARow = checkpoint.skippedInARow;
+    this.lastCheckpointStep = checkpoint.step;
+    this.resumedFrom = checkpoint;
+    this.metrics.lastCheckpointStep.set(checkpoint.step);
+    const { epoch, position } = checkpoint.progress;
+    this.log.info('resuming from checkpoint', { path, step: checkpoint.step, epoch, position, of: train.count, written: checkpoint.createdAt });
+  }
+
+  /** Raises when a checkpoint does not fit this model or training set, though its options match. */
+  private checkCheckpointFits(path: string, checkpoint: Checkpoint, train: Split): void {
+    const saved = checkpoint.weights.map((tensor) => `${tensor.name}[${tensor.shape}]`).join(', ');
+    const expected = this.specs.map((spec) => `${spec.name}[${spec.shape}]`).join(', ');
+    if (saved !== expected) throw new CheckpointError(`cannot resume from ${path}: it contains the weights ${saved}, but the model has ${expected}`);
+    const { ledgerCounts, position } = checkpoint.progress;
+    if (ledgerCounts.length !== train.count || position > train.count) {
+      throw new CheckpointError(
+        `cannot resume from ${path}: it was taken on ${ledgerCounts.length} training images, and ${train.count} are loaded now; ` +
+          'pass the --data-dir and --train-limit of that run',
+      );
+    }
+  }
+
+  /** Writes a checkpoint of the state after the last finished step, unless one exists for that step. */
+  private async saveCheckpoint(reason: string): Promise<void> {
+    const folder = this.options.checkpointDir;
+    if (folder === undefined || !this.epochState || this.stepCount === this.lastCheckpointStep) return;
+    const started = performance.now();
+    const checkpoint = this.snapshot(this.epochState);
+    let written: { path: string; bytes: number };
+    try {
+      written = await writeCheckpoint(folder, checkpoint, this.options.keepCheckpoints);
+    } catch (error) {
+      throw new CheckpointError(
+        `cannot write a checkpoint to ${folder}: ${(error as Error).message}; fix the folder (free space, permissions), then restart with --resume`,
+      );
+    }
+    this.lastCheckpointStep = this.stepCount;
+    this.metrics.checkpointsWritten.inc();
+    this.metrics.lastCheckpointStep.set(this.stepCount);
+    this.log.info('checkpoint written', {
+      path: written.path,
+      step: this.stepCount,
+      epoch: this.epochState.epoch,
+      reason,
+      bytes: written.bytes,
+      ms: Math.round(performance.now() - started),
+    });
+  }
+
+  private snapshot(state: EpochState): Checkpoint {
+    const { rows, cols } = this.dataset!.train;
+    const progress: EpochProgress = {
+      epoch: state.epoch,
+      position: state.position,
+      ledgerCounts: state.ledger.counts(),
+      steps: state.steps,
+      lossSum: state.lossSum,
+      correct: state.correct,
+      examples: state.examples,
+      elapsedSeconds: this.epochSeconds(state),
+    };
+    return {
+      formatVersion: CHECKPOINT_FORMAT_VERSION,
+      gradfleetVersion: GRADFLEET_VERSION,
+      createdAt: new Date().toISOString(),
+      model: this.options.model,
+      inputShape: [rows, cols, 1],
+      numClasses: 10,
+      weights: this.specs.map((spec, t) => ({ name: spec.name, shape: spec.shape, data: this.weights[t] })),
+      optimizer: this.optimizer!.exportState(),
+      step: this.stepCount,
+      skippedInARow: this.skippedInARow,
+      progress,
+      seed: this.options.seed,
+      options: recordOptions(this.options),
+    };
+  }
+
+  /**
+   * Asks a running `run` to stop at the next step boundary (see STOP_STEP_GRACE_MS), write
+   * a checkpoint and tell the workers to reconnect later. Calling it again does nothing.
+   */
+  requestStop(reason: string): void {
+    if (this.stopRequest) return;
+    this.stopRequest = { reason, at: performance.now() };
+    this.log.info('stopping at the next step boundary', { reason, step: this.stepCount, stepRunning: this.currentStep !== undefined });
+    this.rejectStop(new TrainingStoppedError(reason));
+    this.membership.notify();
+  }
+
+  /** Resolves or rejects like `promise`, or rejects with TrainingStoppedError when a stop is requested first. */
+  private untilStopped<T>(promise: Promise<T>): Promise<T> {
+    // The promise that loses the race may still reject later (a wait ends when the coordinator closes).
+    promise.catch(() => undefined);
+    return Promise.race([promise, this.stopSignal]);
+  }
+
+  /** Saves the state after the last finished step and sends every worker away with COORDINATOR_SHUTDOWN. */
+  private async stopAtStepBoundary(reason: string): Promise<void> {
+    if (this.options.checkpointDir === undefined) {
+      this.log.warn('stopped without --checkpoint-dir: the progress of this run is not saved', { step: this.stepCount, reason });
+    } else if (this.stepCount === this.lastCheckpointStep) {
+      this.log.info('stopped; the newest checkpoint already contains the last step', { step: this.stepCount, checkpointDir: this.options.checkpointDir });
+    } else {
+      await this.saveCheckpoint('stop');
+    }
+    const message = 'the coordinator is stopping; keep reconnecting, and training continues when it is started again with --resume';
+    for (const session of this.server.sessions) session.closeWithError('COORDINATOR_SHUTDOWN', message, CLOSE_CODES.coordinatorShutdown);
+    // Closing the server terminates connections at once, which would drop the close frames just queued.
+    const deadline = performance.now() + STOP_CLOSE_WAIT_MS;
+    while (this.server.sessions.size > 0 && performance.now() < deadline) await this.membership.changed(50);
+    this.log.info('coordinator stopped', { step: this.stepCount, reason });
   }
 
   // ---------------------------------------------------------------------------

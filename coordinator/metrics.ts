@@ -75,6 +75,7 @@ export class CoordinatorMetrics {
     // NaN until the first evaluation, so that a dashboard does not read 0 as a result.
     this.testAccuracy.set(Number.NaN);
     this.testLoss.set(Number.NaN);
+    this.lastCheckpointStep.set(-1);
   }
 
   readonly activeWorkers = new Gauge({
@@ -126,6 +127,18 @@ export class CoordinatorMetrics {
     name: 'gradfleet_step_timeouts_total',
     help: 'Shards taken back from a worker because it missed the step deadline (--step-timeout-ms), by worker.',
     labelNames: ['worker'],
+    registers: [this.registry],
+  });
+
+  readonly checkpointsWritten = new Counter({
+    name: 'gradfleet_checkpoints_written_total',
+    help: 'Checkpoints written to --checkpoint-dir.',
+    registers: [this.registry],
+  });
+
+  readonly lastCheckpointStep = new Gauge({
+    name: 'gradfleet_last_checkpoint_step',
+    help: 'Steps taken when the newest checkpoint was written or resumed from; -1 until there is one.',
     registers: [this.registry],
   });
 

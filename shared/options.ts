@@ -84,6 +84,14 @@ export interface CoordinatorOptions extends CommonOptions {
   maxMessageBytes?: number;
   /** Time a worker has to return a shard's gradient, in milliseconds, before the shard goes to another worker. */
   stepTimeoutMs: number;
+  /** Folder the checkpoints are written to; no checkpoints when unset. */
+  checkpointDir?: string;
+  /** Steps between checkpoints; 0 writes one only at the end of each epoch (and when stopped by a signal). */
+  checkpointEverySteps: number;
+  /** Newest checkpoints kept in `checkpointDir`; older ones are deleted. */
+  keepCheckpoints: number;
+  /** Continue from the newest valid checkpoint in `checkpointDir`; start fresh when it has none. */
+  resume: boolean;
 }
 
 export interface WorkerOptions extends CommonOptions {
@@ -136,6 +144,9 @@ export const COORDINATOR_DEFAULTS: CoordinatorOptions = {
   heartbeatMs: 5_000,
   stepTimeoutMs: 60_000,
   maxSkippedSteps: 3,
+  checkpointEverySteps: 0,
+  keepCheckpoints: 3,
+  resume: false,
 };
 
 export const WORKER_DEFAULTS: WorkerOptions = {
@@ -169,6 +180,12 @@ export function validateCoordinatorOptions(options: CoordinatorOptions): void {
       '--lr-scaling linear needs --batch-size-per-worker: with a fixed global batch the learning rate has nothing to follow. ' +
         'Pass --batch-size-per-worker, or use --lr-scaling none',
     );
+  }
+  if (options.checkpointDir === undefined && options.resume) {
+    throw new OptionError('--resume needs --checkpoint-dir: pass --checkpoint-dir DIR, the folder the checkpoints of the run are written to');
+  }
+  if (options.checkpointDir === undefined && options.checkpointEverySteps > 0) {
+    throw new OptionError(`--checkpoint-every-steps ${options.checkpointEverySteps} needs --checkpoint-dir: pass --checkpoint-dir DIR to say where checkpoints go`);
   }
   if (options.batchSizePerWorker !== undefined && options.batchSize !== undefined) {
     throw new OptionError(
