@@ -32,23 +32,49 @@ export async function startBackend(args: CommonArguments, log: Logger): Promise<
   return selection.name;
 }
 
-/** Set once SIGINT or SIGTERM asked the process to stop; errors caused by stopping are then not reported. */
+/** Set when a second SIGINT or SIGTERM ends the process at once; errors caused by that are not reported. */
 export const signalStop = { requested: false };
 
 /** Exit status after a signal, by the shell convention 128 + signal number. */
 export const SIGNAL_EXIT: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 
 /**
- * Stops a long-running command on SIGINT or SIGTERM by calling `close`, and exits with
- * 128 + the signal number once it has finished. A second signal exits at once.
+ * Calls `stop` on the first SIGINT or SIGTERM, so that a long-running command can stop
+ * gracefully and choose its exit status. A second signal exits at once with 128 + the
+ * signal number. A child of `gradfleet launch` also stops when launch goes away, which
+ * closes the IPC channel, because launch starts its children in their own process group
+ * and a terminal's Ctrl-C would not reach them.
  */
-export function closeOnSignals(close: () => Promise<void>, log: Logger): void {
-  const stop = (signal: NodeJS.Signals) => {
-    if (signalStop.requested) process.exit(SIGNAL_EXIT[signal]);
-    signalStop.requested = true;
-    log.info('stopping', { signal });
-    close().finally(() => process.exit(SIGNAL_EXIT[signal]));
+export function stopOnSignals(stop: (reason: string) => void, log: Logger): void {
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      signalStop.requested = true;
+      log.warn('second signal: exiting at once', { signal });
+      process.exit(SIGNAL_EXIT[signal]);
+    }
+    stopping = true;
+    log.info('stopping; a second signal exits at once', { signal });
+    stop(signal);
   };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.once('disconnect', () => {
+    if (stopping) return;
+    stopping = true;
+    log.info('stopping: the parent process (gradfleet launch) exited');
+    stop('parent process exited');
+  });
+}
+
+/**
+ * Exits with EXIT.failed if a graceful stop has not ended the process after `deadlineMs`,
+ * so that a stuck stop cannot outlive a service manager's grace period. The timer does
+ * not keep the process alive.
+ */
+export function exitAfterStopDeadline(deadlineMs: number, log: Logger): void {
+  setTimeout(() => {
+    log.error('graceful stop did not finish in time; exiting', { deadlineMs });
+    process.exit(EXIT.failed);
+  }, deadlineMs).unref();
 }

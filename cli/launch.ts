@@ -19,8 +19,12 @@ interface ListeningReport {
   metricsPort: number;
 }
 
-/** How long children get to exit after SIGTERM before they are killed, in milliseconds. */
-const STOP_GRACE_MS = 5_000;
+/**
+ * How long children get to exit after SIGTERM before they are killed, in milliseconds.
+ * A coordinator may take 8 s to finish its step and then writes a checkpoint, so it gets
+ * more than a worker, which only closes its connection.
+ */
+const STOP_GRACE_MS = { coordinator: 12_000, worker: 5_000 };
 
 function camelCase(flag: string): string {
   return flag.replace(/-([a-z])/g, (_, letter: string) => letter.toUpperCase());
@@ -52,7 +56,10 @@ class ChildGroup {
   constructor(private readonly log: Logger) {}
 
   start(name: string, args: string[]): ChildProcess {
-    const child = spawn(process.execPath, [process.argv[1], ...args], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+    // A process group of its own keeps a terminal's Ctrl-C from reaching the children
+    // directly: launch forwards the signal in the order that lets every child stop
+    // gracefully. A child whose launch is gone stops when its IPC channel closes.
+    const child = spawn(process.execPath, [process.argv[1], ...args], { stdio: ['ignore', 'pipe', 'pipe', 'ipc'], detached: true });
     this.children.set(name, child);
     const width = Math.max(...[...this.children.keys()].map((key) => key.length), 11);
     for (const stream of [child.stdout!, child.stderr!]) {
@@ -66,13 +73,33 @@ class ChildGroup {
     return child;
   }
 
-  /** Sends SIGTERM to every child, then SIGKILL to those still running after the grace period. */
-  async stopAll(): Promise<void> {
-    const running = [...this.children.values()];
-    for (const child of running) child.kill('SIGTERM');
-    const killer = setTimeout(() => running.forEach((child) => child.exitCode === null && child.kill('SIGKILL')), STOP_GRACE_MS);
-    await Promise.all(running.map((child) => (child.exitCode !== null || child.signalCode !== null ? undefined : new Promise((resolve) => child.once('exit', resolve)))));
+  /**
+   * Stops every child gracefully and returns true when all of them exited with status 0.
+   * The coordinator goes first, so that it finishes its step and writes its checkpoint
+   * while its workers are still there. The workers, which are reconnecting by then, follow.
+   */
+  async stopAll(signal: NodeJS.Signals = 'SIGTERM'): Promise<boolean> {
+    const coordinator = this.children.get('coordinator');
+    const statuses = coordinator ? [await this.stopChild(coordinator, signal, STOP_GRACE_MS.coordinator)] : [];
+    statuses.push(...(await Promise.all([...this.children.values()].map((child) => this.stopChild(child, signal, STOP_GRACE_MS.worker)))));
+    return statuses.every((status) => status === 0);
+  }
+
+  /** Sends `signal` to a child, then SIGKILL if it is still running after `graceMs`; returns its exit status. */
+  private async stopChild(child: ChildProcess, signal: NodeJS.Signals, graceMs: number): Promise<number> {
+    if (child.exitCode !== null) return child.exitCode;
+    if (child.signalCode !== null) return 128;
+    const exited = waitForExit(child);
+    child.kill(signal);
+    const killer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+    const status = await exited;
     clearTimeout(killer);
+    return status;
+  }
+
+  /** Ends every child at once, for a second signal. */
+  killAll(): void {
+    for (const child of this.children.values()) child.kill('SIGKILL');
   }
 }
 
@@ -96,11 +123,19 @@ export async function handler(args: ArgumentsCamelCase): Promise<void> {
   const log = makeLogger(options, 'launch');
   const group = new ChildGroup(log);
   let stopping = false;
+  // Like each child, launch stops gracefully on the first signal and at once on the second.
   const stop = (signal: NodeJS.Signals) => {
-    if (stopping) return;
+    if (stopping) {
+      log.warn('second signal: killing all processes', { signal });
+      group.killAll();
+      process.exit(SIGNAL_EXIT[signal]);
+    }
     stopping = true;
-    log.info('stopping all processes', { signal });
-    void group.stopAll().then(() => process.exit(SIGNAL_EXIT[signal]));
+    log.info('stopping all processes; a second signal kills them', { signal });
+    void group.stopAll(signal).then((clean) => {
+      if (!clean) log.error('a process did not stop cleanly; see its output above');
+      process.exit(clean ? EXIT.ok : EXIT.failed);
+    });
   };
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
@@ -158,7 +193,7 @@ export async function handler(args: ArgumentsCamelCase): Promise<void> {
   }
   if (outcome.status !== 0) log.error('the coordinator failed; stopping the workers', { status: outcome.status });
   // Workers exit by themselves once the coordinator sends `done`.
-  const stragglers = setTimeout(() => void group.stopAll(), STOP_GRACE_MS);
+  const stragglers = setTimeout(() => void group.stopAll(), STOP_GRACE_MS.worker);
   await Promise.all([...group.children.values()].map(waitForExit));
   clearTimeout(stragglers);
   process.exitCode = outcome.status === 0 ? EXIT.ok : outcome.status;

@@ -1,6 +1,6 @@
 import type { ArgumentsCamelCase, Argv } from 'yargs';
 import type { WorkerOptions } from '../shared/options.js';
-import { closeOnSignals, EXIT, UsageError, makeLogger, startBackend } from './common.js';
+import { EXIT, exitAfterStopDeadline, makeLogger, startBackend, stopOnSignals, UsageError } from './common.js';
 import { checkWorkerTransport, readCaCertificate } from '../shared/security.js';
 import { COMMON_OPTIONS, WORKER_OPTIONS } from './options.js';
 
@@ -17,7 +17,13 @@ export function builder(yargs: Argv): Argv {
   });
 }
 
-/** Runs a worker until training is complete and returns its exit status. */
+/** Time a stop by SIGINT or SIGTERM has to end the process, in milliseconds. */
+const STOP_DEADLINE_MS = 5_000;
+
+/**
+ * Runs a worker until training is complete and returns its exit status. SIGINT or
+ * SIGTERM makes it leave: it closes its connection with the close code for a planned leave and exits with status 0.
+ */
 export async function runWorker(options: WorkerOptions): Promise<number> {
   const log = makeLogger(options, options.name || 'worker');
   await startBackend(options, log);
@@ -25,7 +31,13 @@ export async function runWorker(options: WorkerOptions): Promise<number> {
   const { Worker } = await import('../worker/worker.js');
   dropKernelForTests();
   const worker = new Worker(options, log);
-  closeOnSignals(() => worker.close(), log);
+  stopOnSignals(() => {
+    exitAfterStopDeadline(STOP_DEADLINE_MS, log);
+    void worker.leave().finally(async () => {
+      await worker.close();
+      process.exit(EXIT.ok);
+    });
+  }, log);
   try {
     process.send?.({ type: 'listening', metricsPort: await worker.startMetrics() });
     await worker.run();

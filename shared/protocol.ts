@@ -138,6 +138,8 @@ export const CLOSE_CODES = {
   malformedMessage: 4002,
   selfCheckFailed: 4003,
   trainingComplete: 4004,
+  /** Sent by a worker that stops for good (SIGINT or SIGTERM); the coordinator gives its shards to the others. */
+  workerLeaving: 4005,
   /** The worker's token is missing or does not match the coordinator's. */
   unauthorized: 4006,
   /**

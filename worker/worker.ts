@@ -56,6 +56,9 @@ const BACKOFF_MAX_MS = 5_000;
  */
 const MAX_PAYLOAD_BYTES = 256 * 1024 * 1024;
 
+/** How long a leaving worker waits for the coordinator to acknowledge its close, in milliseconds. */
+const LEAVE_CLOSE_WAIT_MS = 2_000;
+
 /**
  * A worker: it connects to the coordinator, builds the model it is sent, checks that its
  * backend can compute the gradient, and then computes the gradient of every shard it
@@ -209,7 +212,8 @@ export class Worker {
         this.state = 'done';
         return;
       case 'error':
-        this.log.error('coordinator reported an error', { code: message.code, error: message.message });
+        if (message.code === 'COORDINATOR_SHUTDOWN') this.log.info('the coordinator is stopping', { code: message.code, message: message.message });
+        else this.log.error('coordinator reported an error', { code: message.code, error: message.message });
         return;
     }
   }
@@ -335,7 +339,9 @@ export class Worker {
       this.fail(new WorkerFatalError(`the coordinator closed the connection for good (code ${code}${detail ? `: ${detail}` : ''})`));
       return;
     }
-    this.log.warn('connection to the coordinator lost; reconnecting', { code, reason });
+    // A stopping coordinator sends 4100 so that its workers wait for its restart; that is no failure.
+    if (code === CLOSE_CODES.coordinatorShutdown) this.log.info('coordinator is pausing; reconnecting', { code, reason });
+    else this.log.warn('connection to the coordinator lost; reconnecting', { code, reason });
     this.state = 'reconnecting';
     void this.connectWithRetry();
   }
@@ -358,6 +364,27 @@ export class Worker {
     this.trainer = undefined;
     this.variableShapes = [];
     await trainer?.close();
+  }
+
+  /**
+   * Leaves training for good: closes the connection with CLOSE_CODES.workerLeaving, which
+   * the coordinator takes as a planned leave, not a failure, and makes `run` resolve.
+   * Waits at most LEAVE_CLOSE_WAIT_MS for the coordinator to acknowledge the close.
+   */
+  async leave(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    clearInterval(this.heartbeatTimer);
+    const socket = this.socket;
+    if (socket?.readyState === WebSocket.OPEN) {
+      const closed = new Promise((resolve) => socket.once('close', resolve));
+      socket.close(CLOSE_CODES.workerLeaving, 'worker leaving');
+      await Promise.race([closed, new Promise((resolve) => setTimeout(resolve, LEAVE_CLOSE_WAIT_MS).unref())]);
+    }
+    this.log.info('left the training', { worker: this.name });
+    this.state = 'done';
+    // Undefined when a signal arrives before `run` started.
+    this.finish?.resolve();
   }
 
   /** Closes the connection, the metrics server and the model; safe to call twice. */

@@ -85,15 +85,20 @@ describe('gradfleet launch', () => {
     }
   }, 60_000);
 
-  it('stops every child on SIGTERM', async () => {
+  it('stops every child gracefully on SIGTERM', async () => {
+    const checkpointDir = temporaryFolder('launch-stop-checkpoints');
     const launch = new CliProcess([
       'launch', '--workers', '2', '--port', '0', '--metrics-port', '0', '--backend', 'wasm', '--log-format', 'json',
-      '--train-limit', '6000', '--test-limit', '500', '--epochs', '5', '--output', temporaryFolder('launch-stop'),
+      '--train-limit', '6000', '--test-limit', '500', '--epochs', '5', '--output', temporaryFolder('launch-stop'), '--checkpoint-dir', checkpointDir,
     ]);
     const started = await launch.waitForLog('started', 60_000);
     await scrapeWhileTraining(started.metrics.coordinator);
     launch.kill('SIGTERM');
-    expect(await launch.exited).toBe(143);
+    expect(await launch.exited, launch.output()).toBe(0);
+    // The coordinator saved its last step, and every child exited by itself with status 0.
+    expect(launch.logs('checkpoint written').at(-1)?.reason).toBe('stop');
+    expect(launch.logs('left the training')).toHaveLength(2);
+    expect(launch.logs('process exited')).toEqual([]);
     // Every child's metrics server is gone once launch has exited.
     for (const url of Object.values(started.metrics) as string[]) {
       await expect(fetch(url)).rejects.toThrow();
