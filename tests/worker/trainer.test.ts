@@ -1,9 +1,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Coordinator } from '../../coordinator/coordinator.js';
 import { selectBackend, tf, type BackendName } from '../../shared/backend.js';
+import { loadDataset } from '../../shared/data/dataset.js';
+import { Logger } from '../../shared/log.js';
 import { buildModel, modelTopology, trainableVariables } from '../../shared/models.js';
+import { COORDINATOR_DEFAULTS, WORKER_DEFAULTS } from '../../shared/options.js';
 import { computeGradients, type ByteBatch } from '../../shared/training.js';
 import { SelfCheckError } from '../../worker/self-check.js';
 import { MainThreadTrainer, ThreadTrainer, TrainerCrashError, type Trainer } from '../../worker/trainer.js';
+import { Worker, WorkerFatalError } from '../../worker/worker.js';
+import { temporaryFolder } from '../helpers/cli.js';
 
 const SHAPE = { inputShape: [28, 28, 1] as [number, number, number], numClasses: 10 };
 /** Not a slice-size multiple, so the main-thread trainer's last slice is smaller than the others. */
@@ -121,5 +127,36 @@ describe('trainer', () => {
     await trainer.close();
     await expect(trainer.memory()).rejects.toThrow(/was closed/);
     expect(tf.getBackend()).toBe('wasm');
+  });
+});
+
+describe('worker with a crashed thread', () => {
+  const silent = new Logger({ format: 'json', level: 'error', name: 'test', write: () => {} });
+
+  it('fails instead of hanging', async () => {
+    await selectBackend('wasm');
+    const dataset = await loadDataset({ trainLimit: 640, testLimit: 100 });
+    const coordinator = new Coordinator(
+      { ...COORDINATOR_DEFAULTS, model: 'mlp', port: 0, metricsPort: 0, workers: 1, epochs: 1, output: temporaryFolder('thread-crash') },
+      silent,
+      dataset,
+    );
+    await coordinator.start();
+    const worker = new Worker({ ...WORKER_DEFAULTS, coordinator: `ws://127.0.0.1:${coordinator.port}`, metricsPort: 0, name: 'crashing' }, silent);
+    try {
+      const done = worker.run().then(() => undefined, (error: Error) => error);
+      void coordinator.run().catch(() => undefined);
+      await new Promise<void>((resolve) => coordinator.once('step', () => resolve()));
+
+      // Ending the thread from outside looks to the worker like a crash of the thread.
+      const thread = (worker as unknown as { trainer: { thread: { terminate(): Promise<number> } } }).trainer.thread;
+      await thread.terminate();
+      const error = await done;
+      expect(error).toBeInstanceOf(WorkerFatalError);
+      expect(error!.message).toMatch(/gradient thread on backend "wasm" exited unexpectedly/);
+    } finally {
+      await worker.close();
+      await coordinator.close();
+    }
   });
 });
