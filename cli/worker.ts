@@ -33,10 +33,10 @@ export async function runWorker(options: WorkerOptions): Promise<number> {
   const worker = new Worker(options, log);
   stopOnSignals(() => {
     exitAfterStopDeadline(STOP_DEADLINE_MS, log);
-    void worker.leave().finally(async () => {
-      await worker.close();
-      process.exit(EXIT.ok);
-    });
+    void worker
+      .leave()
+      .finally(() => worker.close())
+      .finally(() => process.exit(EXIT.ok));
   }, log);
   try {
     process.send?.({ type: 'listening', metricsPort: await worker.startMetrics() });

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -70,13 +70,14 @@ async function trainUninterrupted(flags: string[], output: string): Promise<CliP
   }
 }
 
-const OPTIMIZERS: [string, string[]][] = [
-  ['SGD with momentum', ['--optimizer', 'sgd', '--lr', '0.05', '--momentum', '0.9']],
-  ['Adam', ['--optimizer', 'adam', '--lr', '0.001']],
+/** Each case: name, optimizer flags, and whether the newest checkpoint is truncated before the restart. */
+const CASES: [string, string[], boolean][] = [
+  ['SGD with momentum', ['--optimizer', 'sgd', '--lr', '0.05', '--momentum', '0.9'], false],
+  ['Adam, newest checkpoint truncated', ['--optimizer', 'adam', '--lr', '0.001'], true],
 ];
 
 describe('coordinator restart', () => {
-  for (const [name, optimizerFlags] of OPTIMIZERS) {
+  for (const [name, optimizerFlags, truncateNewest] of CASES) {
     it(`resumes after SIGKILL like an uninterrupted run (${name})`, async () => {
       const referenceOutput = temporaryFolder('restart-reference');
       const reference = await trainUninterrupted(optimizerFlags, referenceOutput);
@@ -93,15 +94,25 @@ describe('coordinator restart', () => {
         await first.waitForLine((line) => /"msg":"checkpoint written".*"step":(2\d|[3-9]\d)\b/.test(line));
         first.kill('SIGKILL');
         await first.exited;
-        const [newest] = await listCheckpoints(checkpointDir);
+        let [newest, previous] = await listCheckpoints(checkpointDir);
+        if (truncateNewest) {
+          writeFileSync(newest, readFileSync(newest).subarray(0, 1000));
+          [newest, previous] = [previous, newest];
+        }
         const saved = await readCheckpoint(newest);
         console.log(`${name}: killed after the checkpoint at step ${saved.step} (epoch ${saved.progress.epoch}, position ${saved.progress.position} of ${TRAIN_LIMIT})`);
-        expect(saved.step).toBeGreaterThanOrEqual(20);
+        expect(saved.step).toBeGreaterThanOrEqual(truncateNewest ? 15 : 20);
         expect(saved.step).toBeLessThan(EPOCHS * STEPS_PER_EPOCH);
 
         second = coordinator(port, output, [...flags, '--resume']);
         const resumed = await second.waitForLog('resuming from checkpoint');
         expect(resumed.path).toBe(newest);
+        if (truncateNewest) {
+          const [skipped] = second.logs('checkpoint skipped: it is not valid');
+          expect(skipped.level).toBe('warn');
+          expect(skipped.path).toBe(previous);
+          expect(skipped.reason).toMatch(/^truncated: the body has \d+ bytes, the header says \d+$/);
+        }
         expect(resumed.step).toBe(saved.step);
         expect(await second.exited, second.output()).toBe(0);
         for (const process of workers) expect(await process.exited, process.output()).toBe(0);

@@ -21,6 +21,8 @@ const COORDINATOR_METRICS = [
   'gradfleet_step_slowest_worker_total{worker="worker-',
   'gradfleet_step_timeouts_total',
   'gradfleet_worker_info{worker="worker-1",backend="wasm",version=',
+  'gradfleet_checkpoints_written_total 0',
+  'gradfleet_last_checkpoint_step -1',
 ];
 
 const WORKER_METRICS = [
