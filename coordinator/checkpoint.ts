@@ -128,10 +128,14 @@ export class CheckpointError extends Error {
   }
 }
 
-/** Returns the options to store in a checkpoint: every set option, with --data-dir resolved. */
+/** Options never written to a checkpoint, because a checkpoint file is copied and shared like a model. */
+const SECRET_OPTIONS = new Set<string>(['token']);
+
+/** Returns the options to store in a checkpoint: every set option but the secrets, with --data-dir resolved. */
 export function recordOptions(options: CoordinatorOptions): RecordedOptions {
   const recorded: RecordedOptions = {};
   for (const [key, value] of Object.entries(options)) {
+    if (SECRET_OPTIONS.has(key)) continue;
     if (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean') recorded[key as keyof CoordinatorOptions] = value;
   }
   if (options.dataDir !== undefined) recorded.dataDir = resolve(options.dataDir);

@@ -192,6 +192,12 @@ describe('checkpoint format', () => {
 });
 
 describe('checkpoint options', () => {
+  it('leaves the token out', () => {
+    const recorded = recordOptions({ ...SGD, token: 'secret-token-value' });
+    expect(recorded).not.toHaveProperty('token');
+    expect(recorded.lr).toBe(0.05);
+  });
+
   it('accepts changes to the stopping options', () => {
     expect(optionDifferences(recordOptions(SGD), { ...SGD, epochs: 50, maxSteps: 1000, port: 0, testLimit: 10 })).toEqual([]);
   });
