@@ -7,9 +7,9 @@ import { CliProcess, temporaryFolder } from '../helpers/cli.js';
 
 /**
  * A coordinator killed with SIGKILL and started again with --resume must continue the
- * same run: its workers reconnect by themselves, every sample of every epoch is used
- * once by the updates that reach the final model, and the final weights equal those of
- * a run that was never interrupted.
+ * same run. Its workers reconnect by themselves, and every sample of every epoch is used
+ * once by the updates that reach the final model. The final weights equal those of a run
+ * that was never interrupted.
  */
 
 const TRAIN_LIMIT = 2000;
@@ -168,7 +168,7 @@ describe('a finished run', () => {
     for (const process of workers) expect(await process.exited, process.output()).toBe(0);
   }, 120_000);
 
-  it('refuses a resume with other options', async () => {
+  it('rejects a resume with other options', async () => {
     const resumed = coordinator(0, output, [...flags, '--resume', '--lr', '0.1', '--batch-size', '64']);
     expect(await resumed.exited).toBe(2);
     const message = resumed.stderr.join('\n');
@@ -177,7 +177,7 @@ describe('a finished run', () => {
     expect(message).toMatch(/Pass the checkpoint's values to continue that run, or use another --checkpoint-dir/);
   });
 
-  it('refuses to mix two runs in one folder', async () => {
+  it('rejects two runs in one folder', async () => {
     const fresh = coordinator(0, output, flags);
     expect(await fresh.exited).toBe(2);
     expect(fresh.stderr.join('\n')).toMatch(/already contains checkpoints .*; pass --resume to continue that run, or give an empty folder/);
