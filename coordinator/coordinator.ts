@@ -345,7 +345,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     if (!this.options.evaluateEveryEpoch && !last) return { loss: Number.NaN, accuracy: Number.NaN, count: 0 };
     const { test } = this.dataset!;
     this.syncModel();
-    const result = await evaluateInSlices(this.model!, { images: test.images, labels: test.labels, count: test.count }, 10);
+    const result = await evaluateInSlices(this.model!, { images: test.images, labels: test.labels, count: test.count }, 10, Math.min(100, this.options.heartbeatMs / 4));
     this.metrics.testAccuracy.set(result.accuracy);
     this.metrics.testLoss.set(result.loss);
     return result;
@@ -631,7 +631,11 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private async restoreCheckpoint(train: Split): Promise<void> {
     const folder = this.options.checkpointDir;
     if (folder === undefined) return;
-    await mkdir(folder, { recursive: true });
+    try {
+      await mkdir(folder, { recursive: true });
+    } catch (error) {
+      throw new CheckpointError(`cannot create --checkpoint-dir ${folder}: ${(error as Error).message}; pass a folder this user can write to`);
+    }
     if (!this.options.resume) {
       const [newest] = await listCheckpoints(folder);
       if (newest) {

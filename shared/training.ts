@@ -124,14 +124,23 @@ export function evaluate(model: tf.LayersModel, data: ByteBatch, numClasses: num
 
 /**
  * Evaluates like `evaluate`, but returns to the event loop after each chunk, so that a
- * server keeps responding to heartbeats while it evaluates. A chunk of 250 images of the
- * reference CNN takes roughly 100 ms on the wasm backend (an estimate from the 29 ms
- * forward pass at batch 64 in docs/benchmarks.md).
+ * server keeps answering heartbeats while it evaluates on any backend. The first chunk has
+ * 16 images, and each later one is sized from the time per image so far to take about
+ * `sliceMs` milliseconds (from 1 to 1,000 images).
  */
-export async function evaluateInSlices(model: tf.LayersModel, data: ByteBatch, numClasses: number, chunkSize = 250): Promise<EvaluationResult> {
+export async function evaluateInSlices(model: tf.LayersModel, data: ByteBatch, numClasses: number, sliceMs = 50): Promise<EvaluationResult> {
   const totals = { lossSum: 0, correct: 0 };
-  for (let start = 0; start < data.count; start += chunkSize) {
-    addChunk(model, data, numClasses, start, Math.min(chunkSize, data.count - start), totals);
+  let chunkSize = 16;
+  let elapsedMs = 0;
+  let start = 0;
+  while (start < data.count) {
+    const count = Math.min(chunkSize, data.count - start);
+    const started = performance.now();
+    addChunk(model, data, numClasses, start, count, totals);
+    elapsedMs += performance.now() - started;
+    start += count;
+    const msPerImage = Math.max(elapsedMs / start, 1e-3);
+    chunkSize = Math.min(1_000, Math.max(1, Math.floor(sliceMs / msPerImage)));
     await new Promise((resolve) => setImmediate(resolve));
   }
   return { loss: totals.lossSum / data.count, accuracy: totals.correct / data.count, count: data.count };
