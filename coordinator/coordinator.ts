@@ -29,7 +29,7 @@ import { CoordinatorClosedError, Membership } from './membership.js';
 import { makeOptimizer, type Optimizer } from './optimizer.js';
 import { learningRate } from './schedule.js';
 import { CoordinatorServer } from './server.js';
-import { SessionStateError, type WorkerSession } from './session.js';
+import { disconnectReason, SessionStateError, type WorkerSession } from './session.js';
 import { StepRun, TrainingDivergedError } from './step.js';
 
 export { CoordinatorClosedError };
@@ -610,6 +610,9 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     // A worker stopped by its operator says so with its close code; its shard goes to the others as for any lost worker.
     if (code === CLOSE_CODES.workerLeaving) this.log.info('worker left', context);
     else if (!this.closed && !this.stopRequest) this.log.warn('worker disconnected', context);
+    if (session.workerName && !this.closed && !this.stopRequest && code !== CLOSE_CODES.trainingComplete) {
+      this.metrics.workerDisconnects.inc({ worker: session.workerName, reason: disconnectReason(code, session.closeReason) });
+    }
     const run = this.currentStep;
     if (run) {
       run.release(session);

@@ -123,6 +123,13 @@ export class CoordinatorMetrics {
     registers: [this.registry],
   });
 
+  readonly workerDisconnects = new Counter({
+    name: 'gradfleet_worker_disconnects_total',
+    help: 'Workers that left or were dropped during training, by worker and reason (left, heartbeat_timeout, step_timeout, connection_lost, or the protocol error).',
+    labelNames: ['worker', 'reason'],
+    registers: [this.registry],
+  });
+
   readonly stepTimeouts = new Counter({
     name: 'gradfleet_step_timeouts_total',
     help: 'Shards taken back from a worker because it missed the step deadline (--step-timeout-ms), by worker.',

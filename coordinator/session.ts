@@ -96,3 +96,25 @@ export class WorkerSession {
     this.socket.terminate();
   }
 }
+
+/** Close codes the coordinator sends or receives, by the reason label of the disconnect metric. */
+const DISCONNECT_REASONS = new Map<number, string>([
+  [CLOSE_CODES.workerLeaving, 'left'],
+  [CLOSE_CODES.protocolVersionMismatch, 'protocol_version_mismatch'],
+  [CLOSE_CODES.malformedMessage, 'malformed_message'],
+  [CLOSE_CODES.selfCheckFailed, 'self_check_failed'],
+  [CLOSE_CODES.unauthorized, 'unauthorized'],
+  [CLOSE_CODES.helloTimeout, 'hello_timeout'],
+  [CLOSE_CODES.messageTooBig, 'message_too_big'],
+]);
+
+/**
+ * Returns why a worker's connection ended, as a metric label: the coordinator's own reason
+ * when it dropped the worker, else the close code's meaning, else `connection_lost` (a
+ * crashed process or a cut network closes without a code, which ws reports as 1006).
+ */
+export function disconnectReason(code: number, coordinatorReason: string | undefined): string {
+  if (coordinatorReason === 'heartbeat timeout') return 'heartbeat_timeout';
+  if (coordinatorReason?.startsWith('step timeout')) return 'step_timeout';
+  return DISCONNECT_REASONS.get(code) ?? 'connection_lost';
+}
