@@ -1,9 +1,9 @@
 import { readFileSync, writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { listCheckpoints, readCheckpoint } from '../../coordinator/checkpoint.js';
 import { CliProcess, temporaryFolder } from '../helpers/cli.js';
+import { freePort, maxAbsDifference, mergeFlags, readSavedWeights } from '../helpers/runs.js';
 
 /**
  * A coordinator killed with SIGKILL and started again with --resume must continue the
@@ -17,43 +17,18 @@ const BATCH = 32;
 const EPOCHS = 3;
 const STEPS_PER_EPOCH = Math.ceil(TRAIN_LIMIT / BATCH);
 
-/** Returns a port that was free a moment ago, so that a restarted coordinator can listen on the same one. */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
 /** Starts a coordinator with this file's training options, where `flags` may replace any of them. */
 function coordinator(port: number, output: string, flags: string[]): CliProcess {
-  const options = new Map<string, string | undefined>([
+  const defaults: [string, string | undefined][] = [
     ['--workers', '2'], ['--port', String(port)], ['--metrics-port', '0'], ['--backend', 'wasm'], ['--log-format', 'json'],
     ['--model', 'mlp'], ['--train-limit', String(TRAIN_LIMIT)], ['--test-limit', '500'], ['--batch-size', String(BATCH)],
     ['--epochs', String(EPOCHS)], ['--output', output],
-  ]);
-  for (let i = 0; i < flags.length; i++) {
-    const takesValue = i + 1 < flags.length && !flags[i + 1].startsWith('--');
-    options.set(flags[i], takesValue ? flags[++i] : undefined);
-  }
-  return new CliProcess(['coordinator', ...[...options].flatMap(([flag, value]) => (value === undefined ? [flag] : [flag, value]))]);
+  ];
+  return new CliProcess(['coordinator', ...mergeFlags(defaults, flags)]);
 }
 
 function worker(port: number, name: string): CliProcess {
   return new CliProcess(['worker', '--coordinator', `ws://127.0.0.1:${port}`, '--name', name, '--metrics-port', '0', '--backend', 'wasm', '--log-format', 'json']);
-}
-
-function savedWeights(output: string): Float32Array {
-  const bytes = readFileSync(join(output, 'weights.bin'));
-  return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-}
-
-function maxAbsDifference(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
-  return max;
 }
 
 /** Trains with one coordinator and two workers to the end and returns the coordinator. */
@@ -125,7 +100,7 @@ describe('coordinator restart', () => {
         for (const epoch of epochs) expect(epoch.samples).toEqual({ unused: 0, once: TRAIN_LIMIT, repeated: 0 });
         expect(second.logs('training complete; model saved')[0].steps).toBe(reference.logs('training complete; model saved')[0].steps);
 
-        const difference = maxAbsDifference(savedWeights(output), savedWeights(referenceOutput));
+        const difference = maxAbsDifference(readSavedWeights(output), readSavedWeights(referenceOutput));
         console.log(`${name}: max abs difference from the uninterrupted run: ${difference}`);
         expect(difference).toBeLessThanOrEqual(1e-4);
       } finally {

@@ -1,7 +1,7 @@
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CliProcess, temporaryFolder } from '../helpers/cli.js';
+import { maxAbsDifference, readSavedWeights } from '../helpers/runs.js';
 
 /** Step at which the test hook makes a worker's gradient NaN. */
 const POISONED_STEP = 5;
@@ -33,11 +33,6 @@ async function train(poisoned: string[], extra: string[] = []): Promise<Run> {
   }
 }
 
-function readWeights(folder: string): Float32Array {
-  const bytes = readFileSync(join(folder, 'weights.bin'));
-  return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-}
-
 describe('non-finite gradients', () => {
   it('one NaN shard is recomputed', async () => {
     const [reference, faulty] = await Promise.all([train([]), train(['second'])]);
@@ -47,9 +42,7 @@ describe('non-finite gradients', () => {
     expect(rejected.map((entry) => entry.code)).toEqual(['INVALID_GRADIENT']);
     expect(faulty.coordinator.logs('step skipped: its update is not applied')).toHaveLength(0);
 
-    const [a, b] = [readWeights(reference.output), readWeights(faulty.output)];
-    let max = 0;
-    for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
+    const max = maxAbsDifference(readSavedWeights(reference.output), readSavedWeights(faulty.output));
     expect(max).toBeLessThanOrEqual(1e-4);
   }, 180_000);
 

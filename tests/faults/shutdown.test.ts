@@ -1,7 +1,7 @@
-import { createServer, type AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { listCheckpoints, readCheckpoint } from '../../coordinator/checkpoint.js';
 import { CliProcess, temporaryFolder } from '../helpers/cli.js';
+import { freePort, mergeFlags } from '../helpers/runs.js';
 
 /**
  * Graceful stops: SIGTERM makes a coordinator finish its step, write a checkpoint and
@@ -11,26 +11,14 @@ import { CliProcess, temporaryFolder } from '../helpers/cli.js';
 
 const TRAIN_LIMIT = 6000;
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
 /** Starts a coordinator with this file's training options, where `flags` may replace any of them. */
 function coordinator(port: number, flags: string[]): CliProcess {
-  const options = new Map<string, string | undefined>([
+  const defaults: [string, string | undefined][] = [
     ['--workers', '2'], ['--port', String(port)], ['--metrics-port', '0'], ['--backend', 'wasm'], ['--log-format', 'json'],
     ['--model', 'mlp'], ['--optimizer', 'sgd'], ['--lr', '0.05'], ['--train-limit', String(TRAIN_LIMIT)], ['--test-limit', '500'],
     ['--batch-size', '32'], ['--epochs', '2'], ['--log-every-steps', '1'], ['--output', temporaryFolder('shutdown-output')],
-  ]);
-  for (let i = 0; i < flags.length; i++) {
-    const takesValue = i + 1 < flags.length && !flags[i + 1].startsWith('--');
-    options.set(flags[i], takesValue ? flags[++i] : undefined);
-  }
-  return new CliProcess(['coordinator', ...[...options].flatMap(([flag, value]) => (value === undefined ? [flag] : [flag, value]))]);
+  ];
+  return new CliProcess(['coordinator', ...mergeFlags(defaults, flags)]);
 }
 
 function worker(port: number, name: string): CliProcess {

@@ -1,15 +1,9 @@
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CliProcess, temporaryFolder } from '../helpers/cli.js';
+import { readSavedWeights } from '../helpers/runs.js';
 
 const STEPS = 80;
 const TRAINING = ['--optimizer', 'sgd', '--lr', '0.05', '--max-steps', String(STEPS), '--train-limit', '6000', '--test-limit', '500', '--backend', 'wasm', '--step-timeout-ms', '1000'];
-
-function readWeights(folder: string): Float32Array {
-  const bytes = readFileSync(join(folder, 'weights.bin'));
-  return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-}
 
 /** Runs a coordinator and two worker processes; `fault` runs once both workers are admitted. */
 async function train(fault?: (slow: CliProcess, coordinator: CliProcess) => Promise<void>): Promise<{ weights: Float32Array; coordinator: CliProcess }> {
@@ -25,7 +19,7 @@ async function train(fault?: (slow: CliProcess, coordinator: CliProcess) => Prom
     if (fault) await fault(workers[1], coordinator);
     expect(await coordinator.exited, coordinator.output()).toBe(0);
     for (const worker of workers) expect(await worker.exited, worker.output()).toBe(0);
-    return { weights: readWeights(output), coordinator };
+    return { weights: readSavedWeights(output), coordinator };
   } finally {
     for (const worker of workers) {
       worker.child.kill('SIGCONT');

@@ -1,8 +1,7 @@
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { CliProcess, temporaryFolder } from '../helpers/cli.js';
+import { maxAbsDifference, readSavedWeights } from '../helpers/runs.js';
 
 /**
  * Faults on real processes, each compared with a failure-free run of the same options.
@@ -28,18 +27,6 @@ interface Run {
 
 type Fault = (context: { url: string; coordinator: CliProcess; startWorker: (name: string, env?: NodeJS.ProcessEnv) => CliProcess }) => Promise<void>;
 
-function readWeights(folder: string): Float32Array {
-  const bytes = readFileSync(join(folder, 'weights.bin'));
-  return new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4);
-}
-
-function maxAbsDifference(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
-  return max;
-}
-
 /** Trains with workers "steady" and "victim" (the latter with `victimEnv`), running `fault` once both are admitted. */
 async function train(training: Training, victimEnv: NodeJS.ProcessEnv = {}, fault?: Fault): Promise<Run> {
   const output = temporaryFolder('worker-faults');
@@ -60,7 +47,7 @@ async function train(training: Training, victimEnv: NodeJS.ProcessEnv = {}, faul
     expect(await coordinator.exited, coordinator.output()).toBe(0);
     // Workers exit by themselves after "training complete"; the SIGKILL below is for failures only.
     await Promise.all([...workers.values()].map((worker) => worker.exited));
-    return { weights: readWeights(output), coordinator, workers };
+    return { weights: readSavedWeights(output), coordinator, workers };
   } finally {
     for (const worker of workers.values()) worker.kill();
     coordinator.kill();

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CliProcess, temporaryFolder } from '../helpers/cli.js';
+import { maxAbsDifference } from '../helpers/runs.js';
 
 /**
  * Training semantics: with the same seed and global batch, the number of workers must
@@ -35,13 +36,6 @@ async function train(workers: number, flags: string[]): Promise<RunResult> {
     weights: new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4),
     epochs: run.logs('epoch complete'),
   };
-}
-
-function maxAbsDifference(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
-  return max;
 }
 
 /** Fraction of weights whose difference exceeds `tolerance`. */

@@ -10,6 +10,7 @@ import { SelfCheckError } from '../../worker/self-check.js';
 import { MainThreadTrainer, ThreadTrainer, TrainerCrashError, type Trainer } from '../../worker/trainer.js';
 import { Worker, WorkerFatalError } from '../../worker/worker.js';
 import { temporaryFolder } from '../helpers/cli.js';
+import { maxAbsDifference } from '../helpers/runs.js';
 
 const SHAPE = { inputShape: [28, 28, 1] as [number, number, number], numClasses: 10 };
 /** Not a slice-size multiple, so the main-thread trainer's last slice is smaller than the others. */
@@ -21,12 +22,6 @@ function makeBatch(): ByteBatch {
   for (let i = 0; i < images.length; i++) images[i] = (i * 37) % 256;
   const labels = Uint8Array.from({ length: BATCH_SIZE }, (_, i) => i % 10);
   return { images, labels, count: BATCH_SIZE };
-}
-
-function maxAbsDifference(a: Float32Array, b: Float32Array): number {
-  let max = 0;
-  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
-  return max;
 }
 
 function noCrash(error: Error): void {
