@@ -104,8 +104,10 @@ describe('learning rate with changing membership', () => {
     // Warm-up: (s + 1) / 3 of 0.1 with two workers.
     expect(steps.slice(0, 4).map((entry) => entry.lr)).toEqual([0.1 / 3, 0.2 / 3, 0.1, 0.1].map((lr) => expect.closeTo(lr, 12)));
     // With one worker the global batch is 10, so the rate halves; with two again it is back to 0.1 exactly.
-    const alone = steps.filter((entry) => entry.step > 3 && entry.examples === 10);
-    const together = steps.filter((entry) => entry.step > 12 && entry.examples === 20);
+    // The last step is left out: it takes what remains of the epoch, which can be 10 images with two workers.
+    const full = steps.slice(0, -1);
+    const alone = full.filter((entry) => entry.step > 3 && entry.examples === 10);
+    const together = full.filter((entry) => entry.step > 12 && entry.examples === 20);
     expect(alone.length).toBeGreaterThan(0);
     expect(together.length).toBeGreaterThan(0);
     for (const entry of alone) expect(entry.lr).toBeCloseTo(0.05, 12);
