@@ -1,4 +1,4 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import { createSecureContext } from 'node:tls';
@@ -125,6 +125,8 @@ export function readTlsCredentials(certPath: string, keyPath: string): TlsCreden
 export function readCaCertificate(path: string): Buffer {
   const ca = readPemFile(path, '--ca', 'certificate');
   try {
+    // createSecureContext accepts a private key as `ca` without complaint, so parse it as a certificate too.
+    new X509Certificate(ca);
     createSecureContext({ ca });
   } catch (error) {
     throw new OptionError(`invalid --ca ${path}: ${(error as Error).message}; pass the PEM certificate of the CA, or the coordinator's self-signed certificate`);

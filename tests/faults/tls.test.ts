@@ -48,6 +48,10 @@ describe('TLS files', () => {
     expect(() => readTlsCredentials(first.cert, text)).toThrow(`invalid --tls-key ${text}: not a PEM file`);
   });
 
+  it('rejects a private key as --ca', () => {
+    expect(() => readCaCertificate(first.key)).toThrow(/^invalid --ca .*first-key\.pem: .*pass the PEM certificate of the CA/);
+  });
+
   it('rejects a key of another certificate', () => {
     expect(() => readTlsCredentials(first.cert, second.key)).toThrow(/^invalid TLS files --tls-cert .*first-cert\.pem and --tls-key .*second-key\.pem: .*key values mismatch/);
   });
