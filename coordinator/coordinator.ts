@@ -606,9 +606,12 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 
   private onClose(session: WorkerSession, code: number, reason: string): void {
     if (session.workerName) this.metrics.workerInfo.remove({ worker: session.workerName, backend: session.backend, version: session.gradfleetVersion });
-    const context = { workerId: session.workerId, worker: session.workerName, code, reason };
+    const lost = code === 1006 && !reason ? 'connection lost without a closing handshake' : reason;
+    const context = { workerId: session.workerId, worker: session.workerName, code, reason: lost };
     // A worker stopped by its operator says so with its close code; its shard goes to the others as for any lost worker.
     if (code === CLOSE_CODES.workerLeaving) this.log.info('worker left', context);
+    // A connection that never sent an accepted hello was logged when it was rejected, with the reason.
+    else if (!session.workerName) this.log.debug('connection closed before its hello was accepted', context);
     else if (!this.closed && !this.stopRequest) this.log.warn('worker disconnected', context);
     if (session.workerName && !this.closed && !this.stopRequest && code !== CLOSE_CODES.trainingComplete) {
       this.metrics.workerDisconnects.inc({ worker: session.workerName, reason: disconnectReason(code, session.closeReason) });

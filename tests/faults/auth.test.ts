@@ -187,6 +187,8 @@ describe('workers and tokens', () => {
 
       const rejected = coordinator.logs('connection rejected');
       expect(rejected.map((entry) => `${entry.worker}:${entry.reason}`).sort()).toEqual(['none:unauthorized', 'wrong:unauthorized']);
+      // Each rejection is one warning, not also a nameless "worker disconnected".
+      expect(coordinator.logs('worker disconnected')).toEqual([]);
       const [epoch] = coordinator.logs('epoch complete');
       expect(epoch.samples).toEqual({ unused: 0, once: 256, repeated: 0 });
       expect(coordinator.logs('worker admitted').map((entry) => entry.worker).sort()).toEqual(['good-1', 'good-2']);
