@@ -121,11 +121,16 @@ export class Worker {
       const error = await this.connectOnce();
       if (!error) return;
       if (Date.now() >= deadline) {
-        this.fail(new WorkerFatalError(`cannot reach the coordinator at ${this.options.coordinator} after ${attempt} attempt${attempt === 1 ? '' : 's'}: ${error.message}; check --coordinator and that the coordinator is running`));
+        this.fail(
+          new WorkerFatalError(
+            `cannot reach the coordinator at ${this.options.coordinator} after ${attempt} attempt${attempt === 1 ? '' : 's'}: ${error.message}; ` +
+              `check --coordinator and that the coordinator is running${tlsHint(this.options.coordinator, error)}`,
+          ),
+        );
         return;
       }
       if (attempt === 1 || attempt % 10 === 0) {
-        this.log.info('waiting for the coordinator', { url: this.options.coordinator, attempt, error: error.message });
+        this.log.info('waiting for the coordinator', { url: this.options.coordinator, attempt, error: `${error.message}${tlsHint(this.options.coordinator, error)}` });
       }
       await new Promise((resolve) => setTimeout(resolve, delay * (1 + Math.random() * 0.5)));
       delay = Math.min(delay * 2, BACKOFF_MAX_MS);
@@ -407,6 +412,15 @@ function poisonGradientForTests(step: number, gradients: Float32Array[]): void {
   const target = process.env.TEST_GRADFLEET_NAN_AT_STEP;
   if (target === undefined || Number(target) !== step) return;
   for (const gradient of gradients) gradient.fill(Number.NaN);
+}
+
+/**
+ * Returns advice for a ws:// URL whose server hung up during the WebSocket upgrade, which is
+ * what a coordinator serving TLS does with a request in clear text; otherwise ''.
+ */
+function tlsHint(url: string, error: Error): string {
+  const hungUp = /socket hang up|ECONNRESET/.test(error.message);
+  return url.startsWith('ws://') && hungUp ? '; if the coordinator serves TLS (--tls-cert), use a wss:// URL' : '';
 }
 
 /**

@@ -104,6 +104,15 @@ describe('coordinator over TLS', () => {
     expect(outcome).toMatch(/^error: /);
   });
 
+  it('suggests wss:// for a ws:// URL', async () => {
+    const plain = url.replace('wss://', 'ws://');
+    const worker = new CliProcess(['worker', '--coordinator', plain, '--connect-timeout-ms', '1000', '--metrics-port', '0', '--backend', 'cpu', '--log-format', 'json'], {
+      GRADFLEET_TOKEN: TOKEN,
+    });
+    expect(await worker.exited, worker.output()).toBe(1);
+    expect(worker.stderr.join('\n')).toMatch(/cannot reach the coordinator at ws:\/\/.*; if the coordinator serves TLS \(--tls-cert\), use a wss:\/\/ URL/);
+  });
+
   it('stops a worker without --ca', async () => {
     const worker = new CliProcess(['worker', '--coordinator', url, '--name', 'untrusting', '--metrics-port', '0', '--backend', 'cpu', '--log-format', 'json'], {
       GRADFLEET_TOKEN: TOKEN,
