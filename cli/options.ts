@@ -1,5 +1,6 @@
 import type { Options } from 'yargs';
 import { UsageError } from './common.js';
+import { GRADIENT_ENCODINGS } from '../shared/encoding.js';
 import { LOG_FORMATS, LOG_LEVELS } from '../shared/log.js';
 import {
   BACKEND_CHOICES,
@@ -122,6 +123,11 @@ export const COORDINATOR_OPTIONS = {
     default: COORDINATOR_DEFAULTS.maxSkippedSteps,
     coerce: integer('max-skipped-steps', 1),
     describe: 'Steps in a row skipped for non-finite gradients after which training stops as diverged',
+  },
+  'gradient-encoding': {
+    choices: GRADIENT_ENCODINGS,
+    default: COORDINATOR_DEFAULTS.gradientEncoding,
+    describe: 'Encoding of the gradients workers send: fp16 halves the bytes, int8 quarters them (weights stay fp32)',
   },
   'max-message-bytes': {
     coerce: integer('max-message-bytes', 1),

@@ -53,6 +53,7 @@ export const RESUME_MUST_MATCH = [
   'trainLimit',
   'dataDir',
   'workers',
+  'gradientEncoding',
 ] as const satisfies readonly (keyof CoordinatorOptions)[];
 
 export type ResumeOption = (typeof RESUME_MUST_MATCH)[number];
@@ -66,6 +67,8 @@ const EFFECTIVE_VALUE: Partial<Record<ResumeOption, (options: RecordedOptions) =
   batchSize: (options) => (options.batchSizePerWorker === undefined ? (options.batchSize ?? DEFAULT_BATCH_SIZE) : undefined),
   dataDir: (options) => (typeof options.dataDir === 'string' ? resolve(options.dataDir) : undefined),
   workers: (options) => (options.lrScaling === 'linear' ? options.workers : undefined),
+  // Checkpoints written before the option existed were fp32 runs.
+  gradientEncoding: (options) => options.gradientEncoding ?? 'fp32',
 };
 
 /** The options as a checkpoint stores them: plain values, without the unset ones. */

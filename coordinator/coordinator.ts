@@ -212,6 +212,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       warmupSteps: this.options.warmupSteps,
       batch: this.options.batchSizePerWorker ? `${this.options.batchSizePerWorker} per worker` : this.globalBatchSize(1),
       epochs: this.options.epochs,
+      gradientEncoding: this.options.gradientEncoding ?? 'fp32',
       backend: tf.getBackend(),
     });
   }
@@ -364,8 +365,13 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     for (const session of active) session.sendFrame(this.currentWeightsFrame);
 
     // Scatter: each worker gets its shard in a small message of its own.
-    const run = new StepRun(step, epoch, splitIntoShards(ids, active.length), this.specs, (session, shardIds) =>
-      session.send({ type: 'shard', step, epoch, sampleIds: shardIds, ...this.shardData(train, shardIds) }),
+    const run = new StepRun(
+      step,
+      epoch,
+      splitIntoShards(ids, active.length),
+      this.specs,
+      (session, shardIds) => session.send({ type: 'shard', step, epoch, sampleIds: shardIds, ...this.shardData(train, shardIds) }),
+      this.options.gradientEncoding,
     );
     this.currentStep = run;
     run.assign(active);
@@ -581,6 +587,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       numClasses: 10,
       heartbeatMs: this.options.heartbeatMs,
       maxMessageBytes: this.limits.send,
+      // Options built by hand (tests, the programmatic API) may leave it out.
+      gradientEncoding: this.options.gradientEncoding ?? 'fp32',
     });
   }
 

@@ -1,3 +1,4 @@
+import type { GradientEncoding } from '../shared/encoding.js';
 import type { ParameterSpec } from '../shared/models.js';
 import { ProtocolError, type GradientMessage } from '../shared/protocol.js';
 import { GradientAccumulator } from './accumulator.js';
@@ -69,6 +70,8 @@ export class StepRun {
     shards: Uint32Array[],
     private readonly specs: ParameterSpec[],
     private readonly sendShard: (session: WorkerSession, ids: Uint32Array) => void,
+    /** Encoding announced to the workers in `welcome`; a gradient in another one is malformed. */
+    private readonly encoding: GradientEncoding = 'fp32',
   ) {
     this.queue = shards.map((ids) => ({ ids, sentAtMs: 0, rejections: 0, nonFinite: 0, rejectedBy: new Set() }));
     this.accumulator = new GradientAccumulator(specs);
@@ -193,6 +196,8 @@ export class StepRun {
     const malformed = (reason: string) => ({ reason, nonFinite: false });
     if (message.count !== assignment.ids.length) return malformed(`count ${message.count} differs from the shard's ${assignment.ids.length} samples`);
     if (message.correct > message.count) return malformed(`correct ${message.correct} exceeds count ${message.count}`);
+    const encoding = message.encoding ?? 'fp32';
+    if (encoding !== this.encoding) return malformed(`the gradient is encoded as ${encoding}, but the coordinator asked for ${this.encoding}`);
     if (message.tensors.length !== this.specs.length) return malformed(`${message.tensors.length} tensors, expected ${this.specs.length}`);
     for (let t = 0; t < this.specs.length; t++) {
       const spec = this.specs[t];

@@ -1,5 +1,14 @@
 import { Packr } from 'msgpackr';
 import {
+  GRADIENT_ENCODINGS,
+  decodeFloat16,
+  decodeInt8,
+  encodeFloat16,
+  encodeInt8,
+  int8ScaleCount,
+  type GradientEncoding,
+} from './encoding.js';
+import {
   ERROR_CODES,
   PROTOCOL_VERSION,
   ProtocolError,
@@ -57,18 +66,32 @@ function unpackFrame(frame: Uint8Array): Record<string, unknown> {
 /** Converts a message to the plain objects msgpack encodes: typed arrays become bytes. */
 function toWire(message: Message): Record<string, unknown> {
   const wire: Record<string, unknown> = { ...message };
-  if ('tensors' in message) wire.tensors = message.tensors.map(tensorToWire);
+  if ('tensors' in message) {
+    const encoding = message.type === 'gradient' ? (message.encoding ?? 'fp32') : 'fp32';
+    wire.tensors = message.tensors.map((tensor) => tensorToWire(tensor, encoding));
+    // The encoding travels in each tensor's dtype, so the message needs no field of its own.
+    delete wire.encoding;
+  }
   if (message.type === 'shard') wire.sampleIds = bytesOf(message.sampleIds);
   return wire;
 }
 
-function tensorToWire(tensor: WireTensor): Record<string, unknown> {
-  return { name: tensor.name, shape: tensor.shape, dtype: tensor.dtype, data: bytesOf(tensor.data) };
+function tensorToWire(tensor: WireTensor, encoding: GradientEncoding): Record<string, unknown> {
+  const { name, shape } = tensor;
+  if (encoding === 'fp16') return { name, shape, dtype: 'float16', data: bytesOf(encodeFloat16(tensor.data)) };
+  if (encoding === 'int8') {
+    const { codes, scales } = encodeInt8(tensor.data);
+    return { name, shape, dtype: 'int8', data: bytesOf(codes), scales: bytesOf(scales) };
+  }
+  return { name, shape, dtype: tensor.dtype, data: bytesOf(tensor.data) };
 }
 
-function bytesOf(array: Float32Array | Uint32Array): Uint8Array {
+function bytesOf(array: Float32Array | Uint32Array | Uint16Array | Int8Array): Uint8Array {
   return new Uint8Array(array.buffer, array.byteOffset, array.byteLength);
 }
+
+/** The wire dtype of each gradient encoding. */
+const DTYPE_OF: Record<GradientEncoding, string> = { fp32: 'float32', fp16: 'float16', int8: 'int8' };
 
 /**
  * Views little-endian float32 bytes as a Float32Array. A Float32Array must start at a
@@ -82,6 +105,16 @@ export function float32FromBytes(bytes: Uint8Array): Float32Array {
   const copy = new Uint8Array(bytes.byteLength);
   copy.set(bytes);
   return new Float32Array(copy.buffer);
+}
+
+/** Views little-endian half-precision bytes as a Uint16Array, copying them when misaligned. */
+function uint16FromBytes(bytes: Uint8Array): Uint16Array {
+  if (bytes.byteOffset % 2 === 0) {
+    return new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 2);
+  }
+  const copy = new Uint8Array(bytes.byteLength);
+  copy.set(bytes);
+  return new Uint16Array(copy.buffer);
 }
 
 function uint32FromBytes(bytes: Uint8Array): Uint32Array {
@@ -139,24 +172,63 @@ function describe(value: unknown): string {
   return typeof value === 'object' ? 'a map' : `${typeof value} ${String(value)}`;
 }
 
-function validateTensors(fields: Fields, type: string): WireTensor[] {
+/**
+ * Validates a message's tensors and decodes them to float32. Weights must be float32;
+ * gradients may be float16 or int8 too, the same dtype for every tensor.
+ */
+function validateTensors(fields: Fields, type: string): { tensors: WireTensor[]; encoding: GradientEncoding } {
   const list = fields.tensors;
   if (!Array.isArray(list)) throw malformed(type, `field "tensors" must be an array, got ${describe(list)}`);
-  return list.map((entry, index) => {
+  const allowed = type === 'gradient' ? GRADIENT_ENCODINGS : (['fp32'] as const);
+  let encoding: GradientEncoding | undefined;
+  const tensors = list.map((entry, index): WireTensor => {
     if (typeof entry !== 'object' || entry === null) throw malformed(type, `tensor ${index} must be a map`);
     const tensor = entry as Fields;
     const name = requireString(tensor, type, 'name');
     const shape = requireShape(tensor.shape, type, `shape of tensor "${name}"`);
-    if (tensor.dtype !== 'float32') {
-      throw malformed(type, `tensor "${name}" has dtype ${describe(tensor.dtype)}; only "float32" is supported`);
+    const tensorEncoding = allowed.find((candidate) => DTYPE_OF[candidate] === tensor.dtype);
+    if (!tensorEncoding) {
+      const dtypes = allowed.map((candidate) => `"${DTYPE_OF[candidate]}"`).join(', ');
+      throw malformed(type, `tensor "${name}" has dtype ${describe(tensor.dtype)}; expected one of ${dtypes}`);
     }
-    const bytes = requireBytes(tensor, type, 'data');
-    const expectedBytes = 4 * shape.reduce((product, size) => product * size, 1);
-    if (bytes.byteLength !== expectedBytes) {
-      throw malformed(type, `tensor "${name}" of shape [${shape}] needs ${expectedBytes} bytes, got ${bytes.byteLength}`);
+    if (encoding !== undefined && tensorEncoding !== encoding) {
+      throw malformed(type, `tensor "${name}" has dtype "${DTYPE_OF[tensorEncoding]}" but the tensors before it have "${DTYPE_OF[encoding]}"; all tensors must share one dtype`);
     }
-    return { name, shape, dtype: 'float32', data: float32FromBytes(bytes) };
+    encoding = tensorEncoding;
+    const length = shape.reduce((product, size) => product * size, 1);
+    return { name, shape, dtype: 'float32', data: decodeTensorData(tensor, type, name, shape, length, tensorEncoding) };
   });
+  return { tensors, encoding: encoding ?? 'fp32' };
+}
+
+/** Checks the byte lengths (and int8 scales) of one tensor and returns its float32 values. */
+function decodeTensorData(tensor: Fields, type: string, name: string, shape: number[], length: number, encoding: GradientEncoding): Float32Array {
+  const bytes = requireBytes(tensor, type, 'data');
+  const bytesPerValue = encoding === 'fp32' ? 4 : encoding === 'fp16' ? 2 : 1;
+  const expectedBytes = bytesPerValue * length;
+  if (bytes.byteLength !== expectedBytes) {
+    throw malformed(type, `tensor "${name}" of shape [${shape}] and dtype "${DTYPE_OF[encoding]}" needs ${expectedBytes} bytes, got ${bytes.byteLength}`);
+  }
+  if (encoding !== 'int8' && tensor.scales !== undefined) {
+    throw malformed(type, `tensor "${name}" of dtype "${DTYPE_OF[encoding]}" has a "scales" field, which only int8 tensors carry`);
+  }
+  if (encoding === 'fp32') return float32FromBytes(bytes);
+  if (encoding === 'fp16') return decodeFloat16(uint16FromBytes(bytes));
+
+  const codes = new Int8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const minimum = codes.indexOf(-128);
+  if (minimum >= 0) throw malformed(type, `int8 tensor "${name}" has the code -128 at index ${minimum}; codes range from -127 to 127`);
+  const scaleBytes = requireBytes(tensor, type, 'scales');
+  const expectedScales = int8ScaleCount(length);
+  if (scaleBytes.byteLength !== 4 * expectedScales) {
+    throw malformed(type, `int8 tensor "${name}" of ${length} values needs ${expectedScales} float32 scales (${4 * expectedScales} bytes), got ${scaleBytes.byteLength} bytes`);
+  }
+  const scales = float32FromBytes(scaleBytes);
+  // A NaN or infinite scale is what a non-finite gradient encodes to, so it passes here like
+  // a NaN float32 value: the coordinator rejects it as INVALID_GRADIENT and recomputes the shard.
+  const negative = scales.findIndex((scale) => scale < 0 || scale === -Infinity);
+  if (negative >= 0) throw malformed(type, `int8 tensor "${name}" has the negative scale ${scales[negative]} for block ${negative}; scales are max|x| / 127`);
+  return decodeInt8({ codes, scales });
 }
 
 function validateMessage(fields: Fields): Message {
@@ -170,7 +242,7 @@ function validateMessage(fields: Fields): Message {
     case 'ready':
       return { type, selfCheckMs: requireNumber(fields, type, 'selfCheckMs', { min: 0 }) };
     case 'weights':
-      return { type, step: requireNumber(fields, type, 'step', { integer: true, min: 0 }), tensors: validateTensors(fields, type) };
+      return { type, step: requireNumber(fields, type, 'step', { integer: true, min: 0 }), tensors: validateTensors(fields, type).tensors };
     case 'shard':
       return validateShard(fields);
     case 'gradient':
@@ -235,7 +307,17 @@ function validateWelcome(fields: Fields): Message {
     numClasses: requireNumber(fields, type, 'numClasses', { integer: true, min: 2 }),
     heartbeatMs: requireNumber(fields, type, 'heartbeatMs', { integer: true, min: 1 }),
     maxMessageBytes: requireNumber(fields, type, 'maxMessageBytes', { integer: true, min: 1 }),
+    ...optionalGradientEncoding(fields),
   };
+}
+
+function optionalGradientEncoding(fields: Fields): { gradientEncoding?: GradientEncoding } {
+  const value = fields.gradientEncoding;
+  if (value === undefined) return {};
+  if (!(GRADIENT_ENCODINGS as readonly unknown[]).includes(value)) {
+    throw malformed('welcome', `field "gradientEncoding" must be one of ${GRADIENT_ENCODINGS.join(', ')}, got ${describe(value)}`);
+  }
+  return { gradientEncoding: value as GradientEncoding };
 }
 
 function validateShard(fields: Fields): Message {
@@ -262,8 +344,7 @@ function validateShard(fields: Fields): Message {
 
 function validateGradient(fields: Fields): Message {
   const type = 'gradient';
-  return {
-    type,
+  const scalars = {
     step: requireNumber(fields, type, 'step', { integer: true, min: 0 }),
     count: requireNumber(fields, type, 'count', { integer: true, min: 1 }),
     // NaN and infinite losses pass here: a diverging shard is a training event that the
@@ -271,7 +352,14 @@ function validateGradient(fields: Fields): Message {
     loss: requireLoss(fields, type),
     correct: requireNumber(fields, type, 'correct', { integer: true, min: 0 }),
     computeMs: requireNumber(fields, type, 'computeMs', { min: 0 }),
-    tensors: validateTensors(fields, type),
+  };
+  const { tensors, encoding } = validateTensors(fields, type);
+  return {
+    type,
+    ...scalars,
+    tensors,
+    // Left out for fp32, so that an fp32 gradient decodes to the message that was encoded.
+    ...(encoding === 'fp32' ? {} : { encoding }),
   };
 }
 

@@ -1,3 +1,4 @@
+import type { GradientEncoding } from './encoding.js';
 import type { LogFormat, LogLevel } from './log.js';
 
 /** The compute backends a process can ask for. `auto` picks the fastest one that loads. */
@@ -92,6 +93,8 @@ export interface CoordinatorOptions extends CommonOptions {
   keepCheckpoints: number;
   /** Continue from the newest valid checkpoint in `checkpointDir`; start fresh when it has none. */
   resume: boolean;
+  /** Encoding of the workers' gradients on the wire (shared/encoding.ts); weights always travel as fp32. */
+  gradientEncoding: GradientEncoding;
 }
 
 export interface WorkerOptions extends CommonOptions {
@@ -147,6 +150,7 @@ export const COORDINATOR_DEFAULTS: CoordinatorOptions = {
   checkpointEverySteps: 0,
   keepCheckpoints: 3,
   resume: false,
+  gradientEncoding: 'fp32',
 };
 
 export const WORKER_DEFAULTS: WorkerOptions = {

@@ -11,10 +11,15 @@
  * of messages is described in docs/protocol.md.
  */
 
-/** Bumped whenever a message changes shape; both sides reject a different version. */
-export const PROTOCOL_VERSION = 1;
+import type { GradientEncoding } from './encoding.js';
 
-/** A tensor as it travels: a name, a shape and its float32 values. */
+/** Bumped whenever a message changes shape; both sides reject a different version. */
+export const PROTOCOL_VERSION = 2;
+
+/**
+ * A tensor as code on either side sees it: a name, a shape and its float32 values. A gradient
+ * may travel compressed (see GradientMessage.encoding), but the codec decodes it back to float32.
+ */
 export interface WireTensor {
   name: string;
   shape: number[];
@@ -51,6 +56,8 @@ export interface WelcomeMessage {
   heartbeatMs: number;
   /** Largest message the coordinator will send, in bytes; the worker rejects anything larger. */
   maxMessageBytes: number;
+  /** Encoding the worker must send its gradients in (`--gradient-encoding`); fp32 when absent. */
+  gradientEncoding?: GradientEncoding;
 }
 
 /** Worker → coordinator: the start-up self-check passed and the worker can take shards. */
@@ -91,6 +98,11 @@ export interface GradientMessage {
   correct: number;
   computeMs: number;
   tensors: WireTensor[];
+  /**
+   * Encoding of the tensors on the wire; fp32 when absent. The sender's codec encodes the
+   * float32 values, and the receiver's codec decodes them and sets this field.
+   */
+  encoding?: GradientEncoding;
 }
 
 /** Either side → the other, just before closing: why the connection ends. */

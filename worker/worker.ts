@@ -18,6 +18,7 @@ import {
 } from '../shared/protocol.js';
 import { checkWorkerTransport, describeCertificateError, readCaCertificate } from '../shared/security.js';
 import { GRADFLEET_VERSION } from '../shared/version.js';
+import { GradientCompressor } from './compression.js';
 import { WorkerMetrics } from './metrics.js';
 import { SelfCheckError } from './self-check.js';
 import type { TensorMemory } from './model-replica.js';
@@ -78,6 +79,8 @@ export class Worker {
   private parameterNames: string[] = [];
   /** Largest message accepted from the coordinator, in bytes, as its `welcome` announced. */
   private maxMessageBytes = MAX_PAYLOAD_BYTES;
+  /** Gradient encoding named by `welcome`, with its error-feedback residuals; fp32 until then. */
+  private compressor = new GradientCompressor('fp32');
   private weightsStep = -1;
   /** When the coordinator last pinged, by performance.now(); see `watchHeartbeats`. */
   private lastPingAt = 0;
@@ -232,6 +235,8 @@ export class Worker {
     this.maxMessageBytes = message.maxMessageBytes;
     this.parameterNames = message.parameters.map((parameter) => parameter.name);
     this.checkParameters(message);
+    // A new connection or model starts without residuals: they belong to the old weights.
+    this.compressor = new GradientCompressor(message.gradientEncoding ?? 'fp32');
     let selfCheckMs: number;
     try {
       selfCheckMs = await trainer.selfCheck();
@@ -307,13 +312,15 @@ export class Worker {
     }
     const computeMs = result.computeMs;
     poisonGradientForTests(message.step, result.gradients);
-    const tensors = result.gradients.map((data, t) => ({
+    const gradients = this.compressor.compensate(result.gradients);
+    const tensors = gradients.map((data, t) => ({
       name: this.parameterNames[t],
       shape: this.variableShapes[t],
       dtype: 'float32' as const,
       data,
     }));
-    const gradient: WorkerMessage = { type: 'gradient', step: message.step, count, loss: result.loss, correct: result.correct, computeMs, tensors };
+    const encoding = this.compressor.encoding;
+    const gradient: WorkerMessage = { type: 'gradient', step: message.step, count, loss: result.loss, correct: result.correct, computeMs, tensors, encoding };
     if (killForTests(message.step, this.socket, gradient)) return;
     this.send(gradient);
     this.metrics.compute.observe(computeMs / 1000);
