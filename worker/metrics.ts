@@ -5,8 +5,11 @@ import { SECONDS_BUCKETS } from '../shared/metrics-server.js';
 /** Sampling interval of the event-loop delay monitor, in milliseconds. */
 const LOOP_DELAY_RESOLUTION_MS = 10;
 
-/** Quantiles of the event-loop delay that the gauge reports; 1 is the maximum. */
-const LOOP_DELAY_QUANTILES = [0.5, 0.99, 1];
+/**
+ * Percentiles of the event-loop delay that the gauge reports; 100 is the maximum. The label
+ * is not called `quantile`, because Prometheus reserves that label for summaries.
+ */
+const LOOP_DELAY_PERCENTILES = [50, 99, 100];
 
 
 /** All metrics of one worker, in a registry of its own. */
@@ -69,8 +72,8 @@ export class WorkerMetrics {
    */
   readonly eventLoopDelay = new Gauge({
     name: 'gradfleet_worker_event_loop_delay_seconds',
-    help: 'Event-loop delay of the worker main thread since the previous scrape, in seconds, by quantile (1 is the maximum).',
-    labelNames: ['quantile'],
+    help: 'Event-loop delay of the worker main thread since the previous scrape, in seconds, by percentile (100 is the maximum).',
+    labelNames: ['percentile'],
     registers: [this.registry],
     collect: () => this.collectLoopDelay(),
   });
@@ -82,10 +85,10 @@ export class WorkerMetrics {
 
   private collectLoopDelay(): void {
     const histogram = this.loopDelay;
-    for (const quantile of LOOP_DELAY_QUANTILES) {
+    for (const percentile of LOOP_DELAY_PERCENTILES) {
       let nanoseconds = 0;
-      if (histogram.count > 0) nanoseconds = quantile === 1 ? histogram.max : histogram.percentile(quantile * 100);
-      this.eventLoopDelay.set({ quantile: String(quantile) }, nanoseconds / 1e9);
+      if (histogram.count > 0) nanoseconds = percentile === 100 ? histogram.max : histogram.percentile(percentile);
+      this.eventLoopDelay.set({ percentile: String(percentile) }, nanoseconds / 1e9);
     }
     histogram.reset();
   }

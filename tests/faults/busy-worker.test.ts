@@ -3,7 +3,7 @@ import { CliProcess, temporaryFolder } from '../helpers/cli.js';
 
 const HEARTBEAT_MS = 200;
 const SCRAPE_INTERVAL_MS = 250;
-const DELAY_METRIC = /^gradfleet_worker_event_loop_delay_seconds\{quantile="1"\} (\S+)$/m;
+const DELAY_METRIC = /^gradfleet_worker_event_loop_delay_seconds\{percentile="100"\} (\S+)$/m;
 
 /** Largest event-loop delay a worker's `/metrics` reported, and how many scrapes carried it. */
 interface DelayRecord {
