@@ -196,6 +196,7 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       rejectedConnections: this.metrics.rejectedConnections,
     });
     this.server.startHeartbeats(this.options.heartbeatMs);
+    this.metrics.minWorkers.set(this.options.minWorkers);
     this.metricsPort = await this.metricsServer.listen(this.options.host, this.options.metricsPort);
 
     this.log.info('coordinator listening', {

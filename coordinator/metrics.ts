@@ -84,6 +84,12 @@ export class CoordinatorMetrics {
     registers: [this.registry],
   });
 
+  readonly minWorkers = new Gauge({
+    name: 'gradfleet_min_workers',
+    help: 'The --min-workers setting: below this many active workers the coordinator pauses training.',
+    registers: [this.registry],
+  });
+
   readonly sentBytes = new Counter({
     name: 'gradfleet_sent_bytes_total',
     help: 'Bytes of protocol messages sent to workers.',
