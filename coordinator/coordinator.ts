@@ -23,7 +23,7 @@ import {
   type Checkpoint,
   type EpochProgress,
 } from './checkpoint.js';
-import { CoordinatorMetrics } from './metrics.js';
+import { CoordinatorMetrics, STEP_PHASES, type StepPhase } from './metrics.js';
 import { EpochPlan, SampleLedger, splitIntoShards } from './plan.js';
 import { CoordinatorClosedError, Membership } from './membership.js';
 import { makeOptimizer, type Optimizer } from './optimizer.js';
@@ -47,6 +47,10 @@ const STOP_STEP_GRACE_MS = 8_000;
 
 /** How long a stopping coordinator waits for its workers to acknowledge the close, in milliseconds. */
 const STOP_CLOSE_WAIT_MS = 500;
+
+function emptyPhaseTimes(): Record<StepPhase, number> {
+  return Object.fromEntries(STEP_PHASES.map((phase) => [phase, 0])) as Record<StepPhase, number>;
+}
 
 /** Raised inside `run` when a stop was requested; `run` turns it into a result with `stopped` set. */
 class TrainingStoppedError extends Error {
@@ -138,6 +142,12 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private rejectStop!: (error: Error) => void;
   /** Active workers of the last step, to log when linear scaling changes the learning rate. */
   private lastScaledWorkers?: number;
+  /** Milliseconds the running step has spent in each phase (see gradfleet_step_phase_seconds). */
+  private phaseMs = emptyPhaseTimes();
+  /** Shortest gradient round trip of the running step, in milliseconds. */
+  private firstRoundTripMs = Infinity;
+  /** performance.now() when the server started on the frame it is receiving, to time its decoding. */
+  private frameReceivedAt = 0;
   private closed = false;
   port = 0;
   metricsPort = 0;
@@ -156,7 +166,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       {
         onMessage: (session, message) => this.onMessage(session, message),
         onClose: (session, code, reason) => this.onClose(session, code, reason),
-        onReceivedBytes: (bytes) => this.metrics.receivedBytes.inc(bytes),
+        onReceivedBytes: (bytes) => {
+          this.frameReceivedAt = performance.now();
+          this.metrics.receivedBytes.inc(bytes);
+        },
         onSentBytes: (bytes) => this.metrics.sentBytes.inc(bytes),
         onRejected: (session, error) => this.onRejected(session, error),
       },
@@ -360,10 +373,20 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private async runStep(epoch: number, ids: Uint32Array, active: WorkerSession[], train: Split): Promise<StepRun> {
     const startedAt = performance.now();
     const step = this.stepCount;
+    this.phaseMs = emptyPhaseTimes();
+    this.firstRoundTripMs = Infinity;
+    let phaseStart = startedAt;
+    const endPhase = (phase: StepPhase): void => {
+      const now = performance.now();
+      this.phaseMs[phase] += now - phaseStart;
+      phaseStart = now;
+    };
 
     // Broadcast: one weights frame, encoded once, the same bytes for every worker.
     this.currentWeightsFrame = encodeMessage({ type: 'weights', step, tensors: this.weightTensors(this.weights) });
+    endPhase('encode');
     for (const session of active) session.sendFrame(this.currentWeightsFrame);
+    endPhase('broadcast');
 
     // Scatter: each worker gets its shard in a small message of its own.
     const run = new StepRun(
@@ -376,11 +399,13 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     );
     this.currentStep = run;
     run.assign(active);
+    endPhase('scatter');
     try {
       await this.waitForStep(run);
     } finally {
       this.currentStep = undefined;
     }
+    endPhase('wait');
     // A skipped step still uses up its number, so that gradients still in flight for it
     // arrive as stale instead of being taken for the next step.
     if (run.skipped) {
@@ -392,12 +417,16 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
 
     // Update: the weighted mean gradient, applied once.
     const lr = this.stepLearningRate(active.length, step);
-    this.optimizer!.apply(this.weights, run.accumulator.average(), lr);
+    const average = run.accumulator.average();
+    endPhase('average');
+    this.optimizer!.apply(this.weights, average, lr);
+    endPhase('optimizer');
     this.stepCount++;
     this.metrics.steps.inc();
     this.metrics.examples.inc(run.accumulator.count);
     this.metrics.trainLoss.set(run.lossSum / run.accumulator.count);
     this.metrics.stepDuration.observe((performance.now() - startedAt) / 1000);
+    this.observePhases();
     this.reportStraggler(run);
     this.emit('step', { step, epoch, examples: run.accumulator.count, loss: run.lossSum / run.accumulator.count, lr });
     return run;
@@ -461,16 +490,34 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     }
   }
 
-  /** Counts and logs (at debug level) the worker whose gradient came in last. */
+  /**
+   * Records the phases of an applied step. Gradients are decoded and accepted while the
+   * coordinator waits, so that time is taken out of `wait` to keep the phases disjoint.
+   */
+  private observePhases(): void {
+    const phases = this.phaseMs;
+    phases.wait = Math.max(0, phases.wait - phases.decode - phases.accept);
+    for (const phase of STEP_PHASES) this.metrics.stepPhase.observe({ phase }, phases[phase] / 1000);
+  }
+
+  /**
+   * Counts the worker whose gradient came in last, and logs at debug level the step's
+   * phase times and the first and last gradient round trips, in milliseconds.
+   */
   private reportStraggler(run: StepRun): void {
     const slowest = run.slowest;
     if (!slowest) return;
     this.metrics.slowestWorker.inc({ worker: slowest.session.workerName });
+    const phasesMs = Object.fromEntries(STEP_PHASES.map((phase) => [phase, Number(this.phaseMs[phase].toFixed(3))]));
     this.log.debug('step applied', {
       step: run.step,
       slowestWorker: slowest.session.workerName,
       computeMs: Math.round(slowest.computeMs),
       transferMs: Math.round(Math.max(0, slowest.roundTripMs - slowest.computeMs)),
+      firstRoundTripMs: Number(this.firstRoundTripMs.toFixed(3)),
+      lastRoundTripMs: Number(slowest.roundTripMs.toFixed(3)),
+      slowestComputeMs: Number(slowest.computeMs.toFixed(3)),
+      phasesMs,
     });
   }
 
@@ -596,12 +643,17 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private onGradient(session: WorkerSession, message: Extract<WorkerMessage, { type: 'gradient' }>): void {
     const run = this.currentStep;
     if (!run) throw new ProtocolError('STALE_GRADIENT', `gradient for step ${message.step} rejected: no step is in progress`);
+    // The server calls onReceivedBytes right before it decodes a frame and onMessage right after.
+    const decodedAt = performance.now();
+    this.phaseMs.decode += decodedAt - this.frameReceivedAt;
     let accepted;
     try {
       accepted = run.accept(session, message);
     } finally {
+      this.phaseMs.accept += performance.now() - decodedAt;
       run.assign(this.membership.active());
     }
+    this.firstRoundTripMs = Math.min(this.firstRoundTripMs, accepted.roundTripMs);
     const labels = { worker: session.workerName };
     session.consecutiveTimeouts = 0;
     this.metrics.workerCompute.observe(labels, accepted.computeMs / 1000);

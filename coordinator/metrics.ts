@@ -2,6 +2,13 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { SECONDS_BUCKETS } from '../shared/metrics-server.js';
 
 
+/** Phases of a step that the coordinator times, the `phase` label of gradfleet_step_phase_seconds. */
+export const STEP_PHASES = ['encode', 'broadcast', 'scatter', 'wait', 'decode', 'accept', 'average', 'optimizer'] as const;
+export type StepPhase = (typeof STEP_PHASES)[number];
+
+/** Buckets of the step phases, in seconds: most phases take well under a millisecond. */
+const PHASE_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
 /** All metrics of one coordinator, in a registry of its own. */
 export class CoordinatorMetrics {
   readonly registry = new Registry();
@@ -10,6 +17,17 @@ export class CoordinatorMetrics {
     name: 'gradfleet_step_duration_seconds',
     help: 'Wall time of one step, from sending the weights to applying the update, in seconds.',
     buckets: SECONDS_BUCKETS,
+    registers: [this.registry],
+  });
+
+  readonly stepPhase = new Histogram({
+    name: 'gradfleet_step_phase_seconds',
+    help:
+      'Coordinator time per step in each phase, in seconds: encode (the weights message), broadcast (writing it to the workers), ' +
+      'scatter (building and sending the shards), wait (for gradients, net of decode and accept), decode (gradient messages), ' +
+      'accept (checking and accumulating gradients), average and optimizer.',
+    labelNames: ['phase'],
+    buckets: PHASE_BUCKETS,
     registers: [this.registry],
   });
 
