@@ -207,18 +207,24 @@ describe('Prometheus scraping a training run', () => {
   beforeAll(async () => {
     if (!existsSync(PROMETHEUS)) throw new Error(MISSING_PROMETHEUS);
 
-    coordinatorPort = await freePortRun(3);
+    // Fixed ports for everything, so that no port 0 of one process takes a port meant for
+    // another: the metrics of the coordinator and both workers, then the WebSocket port.
+    coordinatorPort = await freePortRun(4);
     workerPorts.push(coordinatorPort + 1, coordinatorPort + 2);
+    const webSocketPort = coordinatorPort + 3;
+    let prometheusPort = await freePort();
+    while (prometheusPort >= coordinatorPort && prometheusPort <= webSocketPort) prometheusPort = await freePort();
+
     const folder = temporaryFolder('prometheus');
     const configFile = join(folder, 'prometheus.yml');
     writeFileSync(configFile, testConfig(coordinatorPort, workerPorts));
-    prometheus = new PrometheusServer(configFile, join(folder, 'data'), await freePort());
+    prometheus = new PrometheusServer(configFile, join(folder, 'data'), prometheusPort);
     await prometheus.ready();
 
     // Many short epochs, so that evaluations and checkpoints happen while Prometheus
     // scrapes; the test stops the run with SIGTERM once it has queried everything.
     launch = new CliProcess([
-      'launch', '--workers', '2', '--port', '0', '--metrics-port', String(coordinatorPort), '--backend', 'wasm', '--model', 'mlp',
+      'launch', '--workers', '2', '--port', String(webSocketPort), '--metrics-port', String(coordinatorPort), '--backend', 'wasm', '--model', 'mlp',
       '--train-limit', '2000', '--test-limit', '500', '--epochs', '100', '--log-format', 'json',
       '--checkpoint-dir', join(folder, 'checkpoints'), '--keep-checkpoints', '1', '--output', join(folder, 'model'),
     ]);
