@@ -30,6 +30,8 @@ export const BENCHMARKS: Benchmark[] = [
   { name: 'codec', script: 'codec.js', description: 'encode and decode throughput of weights and gradient messages, with validation and accumulation' },
   { name: 'step-anatomy', script: 'step-anatomy.js', description: 'where the time of a step goes in a real 2-worker run' },
   { name: 'capacity', script: 'capacity.js', description: 'steps/s and coordinator CPU per step with 1 to 64 synthetic workers' },
+  { name: 'reference', script: 'reference.js', description: 'gradfleet next to PyTorch DDP (gloo, CPU) with 1 and 2 processes; needs python3-torch' },
+  { name: 'scaling', script: 'scaling.js', description: '1 and 2 workers on loopback and on an emulated cloud network of namespaces (root)' },
 ];
 
 function selectBenchmarks(argv: string[]): Benchmark[] {
