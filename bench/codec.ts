@@ -167,9 +167,13 @@ async function main(): Promise<void> {
   const fp32 = results.filter((result) => result.encoding === 'fp32' && /: (encode|decode)( \(worker\))?$/.test(result.operation));
   const slowest = fp32.reduce((a, b) => (a.mbPerSecond < b.mbPerSecond ? a : b));
   const met = slowest.mbPerSecond >= TARGET_MB_PER_S;
-  const verdict = met
-    ? `met: the slowest fp32 encode or decode (${slowest.operation}) runs at ${slowest.mbPerSecond} MB/s, ${round(slowest.mbPerSecond / TARGET_MB_PER_S, 2)}× the target`
-    : `missed: ${slowest.operation} runs at ${slowest.mbPerSecond} MB/s, ${round(TARGET_MB_PER_S - slowest.mbPerSecond, 0)} MB/s short`;
+  // The best round shows the codec's own speed when other jobs leave the core alone for a round.
+  const best = Math.max(...slowest.roundsMbPerSecond);
+  const verdict =
+    (met
+      ? `met: the slowest fp32 encode or decode (${slowest.operation}) runs at ${slowest.mbPerSecond} MB/s, ${round(slowest.mbPerSecond / TARGET_MB_PER_S, 2)}× the target`
+      : `missed: ${slowest.operation} runs at ${slowest.mbPerSecond} MB/s, ${round(TARGET_MB_PER_S - slowest.mbPerSecond, 0)} MB/s short`) +
+    ` (median round; its best round ran at ${best} MB/s)`;
   console.log(`target ≥ ${TARGET_MB_PER_S} MB/s for fp32 encode and decode: ${verdict}`);
 
   writeResults(outPath, 'codec', machine, {
