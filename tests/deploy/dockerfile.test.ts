@@ -7,10 +7,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dockerInstructions, readDeploy, ROOT } from './files.js';
 
 /**
- * Replays the runtime stage of deploy/Dockerfile without a Docker engine: the files it
- * copies go to a temporary folder, the production install runs there from the npm
- * registry, and the image's entry command runs from that folder. The build stage is
- * `npm run build`, which `npm test` runs before vitest, so dist/ is taken from the checkout.
+ * Replays deploy/Dockerfile without a Docker engine. The build stage compiles the files it
+ * copies in a temporary folder, with the checkout's node_modules in place of its
+ * `npm ci --ignore-scripts`. The runtime stage gets its files and that dist/ in another
+ * folder, runs the production install there from the npm registry, and the image's entry
+ * command runs from that folder.
  *
  * The install replays the branch of the Dockerfile for a build without network access to
  * libtensorflow: tfjs-node's install script downloads it from outside the npm registry,
@@ -19,7 +20,8 @@ import { dockerInstructions, readDeploy, ROOT } from './files.js';
  */
 
 const STEPS = dockerInstructions(readDeploy('Dockerfile'));
-const RUNTIME = STEPS.filter(({ stage }) => stage === Math.max(...STEPS.map((step) => step.stage)));
+const BUILD = STEPS.filter(({ stage }) => stage === 0);
+const RUNTIME = STEPS.filter(({ stage }) => stage === 1);
 const RUN_TEXT = RUNTIME.filter(({ keyword }) => keyword === 'RUN')
   .map(({ value }) => value)
   .join(' ');
@@ -38,10 +40,11 @@ const INSTALL = [
 /** The image links /usr/local/bin/gradfleet to its main.js; the replay puts the link in bin/. */
 const LINK = 'ln -s /opt/gradfleet/dist/cli/main.js /usr/local/bin/gradfleet';
 
+let build: string;
 let image: string;
 
-function sh(command: string, env: NodeJS.ProcessEnv = {}): { status: number | null; stdout: string; stderr: string } {
-  return spawnSync('/bin/sh', ['-c', command], { cwd: image, env: { ...process.env, ...env }, encoding: 'utf8', timeout: 150_000 });
+function sh(command: string, cwd: string): { status: number | null; stdout: string; stderr: string } {
+  return spawnSync('/bin/sh', ['-c', command], { cwd, env: process.env, encoding: 'utf8', timeout: 150_000 });
 }
 
 /**
@@ -52,29 +55,38 @@ function gradfleet(args: string[], env: NodeJS.ProcessEnv = {}) {
   return spawnSync(join(image, 'bin', 'gradfleet'), args, { cwd: image, env: { ...process.env, ...IMAGE_ENV, ...env }, encoding: 'utf8', timeout: 60_000 });
 }
 
-/** Copies what the runtime stage's COPY instructions copy, relative to its WORKDIR. */
-function copyRuntimeFiles(): void {
-  for (const { keyword, value } of RUNTIME) {
+/**
+ * Copies what a stage's COPY instructions copy into `into`, its WORKDIR. Files come from
+ * the checkout, and with --from=build from the build stage's WORKDIR /src, replayed in `build`.
+ */
+function copyStageFiles(stage: typeof STEPS, into: string): void {
+  for (const { keyword, value } of stage) {
     if (keyword !== 'COPY') continue;
     const words = value.split(/\s+/);
     const fromBuild = words[0] === '--from=build';
     const [destination, ...reversed] = words.filter((word) => !word.startsWith('--')).reverse();
     const sources = reversed.reverse();
     for (const source of sources) {
-      // The build stage's /src/dist is the checkout's dist/, built by `npm run build`.
-      const from = fromBuild ? join(ROOT, source.replace(/^\/src\//, '')) : join(ROOT, source);
-      const to = destination.endsWith('/') ? join(image, destination, basename(source)) : join(image, destination);
+      const from = fromBuild ? join(build, source.replace(/^\/src\//, '')) : join(ROOT, source);
+      const to = destination.endsWith('/') ? join(into, destination, basename(source)) : join(into, destination);
       cpSync(from, to, { recursive: true });
     }
   }
 }
 
 beforeAll(() => {
+  build = mkdtempSync(join(tmpdir(), 'gradfleet-build-'));
+  copyStageFiles(BUILD, build);
+  symlinkSync(join(ROOT, 'node_modules'), join(build, 'node_modules'));
+  expect(BUILD.filter(({ keyword }) => keyword === 'RUN').map(({ value }) => value)).toEqual(['npm ci --ignore-scripts --no-audit --no-fund', 'npm run build']);
+  const compiled = sh('npm run build', build);
+  expect(compiled.status, `the build stage's npm run build failed:\n${compiled.stdout}${compiled.stderr}`).toBe(0);
+
   image = mkdtempSync(join(tmpdir(), 'gradfleet-image-'));
-  copyRuntimeFiles();
+  copyStageFiles(RUNTIME, image);
   for (const command of INSTALL) {
     expect(RUN_TEXT, `the Dockerfile's runtime stage no longer runs "${command}"; update this replay`).toContain(command);
-    const result = sh(command);
+    const result = sh(command, image);
     expect(result.status, `${command} failed:\n${result.stderr}`).toBe(0);
   }
   expect(RUN_TEXT).toContain(LINK);
@@ -83,7 +95,7 @@ beforeAll(() => {
 }, 180_000);
 
 afterAll(() => {
-  if (image) rmSync(image, { recursive: true, force: true });
+  for (const folder of [build, image]) if (folder) rmSync(folder, { recursive: true, force: true });
 });
 
 describe('Dockerfile runtime stage', () => {
