@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -7,14 +7,15 @@ import { parse } from 'yaml';
 import { type Container, DEPLOY, IMAGE, manifest, parseDocuments } from './files.js';
 
 /**
- * Runs the tools that read the deploy files, docker-compose and kubectl, on them. Neither
- * needs a Docker engine or a cluster for this. .ci/run installs both; on a machine without
- * them these tests fail with the command that installs them.
+ * Runs the tools that read the deploy files on them: docker-compose, kubectl and promtool.
+ * None needs a Docker engine, a cluster or a server for this. .ci/run installs all three;
+ * on a machine without them these tests fail with the command that installs them.
  */
 
 const INSTALL_HINTS: Record<string, string> = {
   'docker-compose': 'apt-get install docker-compose',
   kubectl: 'apt-get install kubernetes-client',
+  promtool: 'apt-get install prometheus',
 };
 
 /** Runs a tool and returns its output, failing with an install hint when the tool is missing. */
@@ -46,6 +47,19 @@ describe('docker-compose config', () => {
     expect(config.services.coordinator.command).toContain('--resume');
     expect(config.services.worker.environment.GRADFLEET_TOKEN).toBe('stand-in');
     expect(config.services.coordinator.build.dockerfile).toBe('deploy/Dockerfile');
+  });
+});
+
+describe('promtool check config', () => {
+  it('accepts compose/prometheus.yml', () => {
+    // The file names the rule file by its path inside the Prometheus container.
+    const folder = mkdtempSync(join(tmpdir(), 'gradfleet-prometheus-'));
+    const text = readFileSync(join(DEPLOY, 'compose', 'prometheus.yml'), 'utf8');
+    expect(text).toContain('/etc/prometheus/alerts.yml');
+    writeFileSync(join(folder, 'prometheus.yml'), text.replace('/etc/prometheus/alerts.yml', join(DEPLOY, 'monitoring', 'alerts.yml')));
+
+    const output = run('promtool', ['check', 'config', join(folder, 'prometheus.yml')]);
+    expect(output).toContain('SUCCESS: 1 rule files found');
   });
 });
 
