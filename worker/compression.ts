@@ -22,6 +22,8 @@ export class GradientCompressor {
    */
   compensate(gradients: Float32Array[]): Float32Array[] {
     if (this.encoding === 'fp32') return gradients;
+    // NOTE: the codec encodes the returned values again when it writes the frame, so each
+    // gradient is encoded twice; bench/encodings.ts measures one encoding of the CNN's gradient.
     gradients.forEach((gradient, t) => {
       const residual = this.residualFor(t, gradient.length);
       for (let i = 0; i < gradient.length; i++) gradient[i] += residual[i];
