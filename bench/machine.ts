@@ -6,7 +6,7 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
-import { dirname } from 'node:path';
+import { dirname, relative } from 'node:path';
 
 export interface MachineInfo {
   cpuModel: string;
@@ -58,7 +58,7 @@ export function writeResults(path: string, name: string, machine: MachineInfo, r
   const report = {
     benchmark: name,
     date: new Date().toISOString(),
-    command: `node ${process.argv.slice(1).join(' ')}`,
+    command: `node ${[relative(process.cwd(), process.argv[1] ?? ''), ...process.argv.slice(2)].join(' ')}`,
     machine,
     loadAverageAtEnd: loadAverage(),
     ...results,
