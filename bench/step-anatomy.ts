@@ -1,5 +1,5 @@
 /**
- * Where the time of a step goes in a real run: a coordinator and two workers, each a
+ * Measures where the time of a step goes in a real run: a coordinator and two workers, each a
  * process of its own on 127.0.0.1, training the reference CNN on the wasm backend with
  * 64 images per worker. The coordinator logs each step's phase times at debug level
  * ("step applied"); this benchmark reads those lines and the coordinator's CPU time.
@@ -43,13 +43,27 @@ function processCpuMs(pid: number): number | undefined {
   }
 }
 
-function startWorker(url: string, index: number): ChildProcess {
-  const args = [cli, 'worker', '--coordinator', url, '--metrics-port', '0', '--backend', 'wasm', '--name', `bench-worker-${index}`, '--log-level', 'warn'];
-  return spawn(process.execPath, args, { stdio: ['ignore', 'inherit', 'inherit'] });
+/** One worker's debug line per shard: the time around its computation, in milliseconds. */
+interface WorkerLine {
+  step: number;
+  threadOverheadMs: number;
+  encodeAndSendMs: number;
+}
+
+/** Starts a worker that logs at debug level; its "gradient sent" lines after warm-up go into `lines`. */
+function startWorker(url: string, index: number, lines: WorkerLine[]): ChildProcess {
+  const args = [cli, 'worker', '--coordinator', url, '--metrics-port', '0', '--backend', 'wasm', '--name', `bench-worker-${index}`];
+  args.push('--log-level', 'debug', '--log-format', 'json');
+  const worker = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+  createInterface({ input: worker.stdout! }).on('line', (text) => {
+    const line = JSON.parse(text) as Record<string, unknown>;
+    if (line.msg === 'gradient sent' && (line.step as number) >= WARMUP_STEPS) lines.push(line as unknown as WorkerLine);
+  });
+  return worker;
 }
 
 /** Runs the training and returns the coordinator's "step applied" lines and its CPU time over the measured steps. */
-async function runTraining(steps: number): Promise<{ lines: StepLine[]; cpuMs?: number; wallMs: number }> {
+async function runTraining(steps: number): Promise<{ lines: StepLine[]; workerLines: WorkerLine[]; cpuMs?: number; wallMs: number }> {
   const output = mkdtempSync(join(tmpdir(), 'gradfleet-anatomy-'));
   const args = [cli, 'coordinator', '--port', '0', '--metrics-port', '0', '--workers', String(WORKERS)];
   args.push('--batch-size-per-worker', String(BATCH_PER_WORKER), '--max-steps', String(steps), '--epochs', '1');
@@ -57,6 +71,7 @@ async function runTraining(steps: number): Promise<{ lines: StepLine[]; cpuMs?: 
   const coordinator = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
   const workers: ChildProcess[] = [];
   const lines: StepLine[] = [];
+  const workerLines: WorkerLine[] = [];
   let cpuStart: number | undefined;
   let cpuEnd: number | undefined;
   let wallStart = 0;
@@ -65,7 +80,7 @@ async function runTraining(steps: number): Promise<{ lines: StepLine[]; cpuMs?: 
   for await (const text of createInterface({ input: coordinator.stdout! })) {
     const line = JSON.parse(text) as Record<string, unknown>;
     if (line.msg === 'coordinator listening') {
-      for (let i = 0; i < WORKERS; i++) workers.push(startWorker(line.url as string, i + 1));
+      for (let i = 0; i < WORKERS; i++) workers.push(startWorker(line.url as string, i + 1, workerLines));
       continue;
     }
     if (line.msg !== 'step applied') continue;
@@ -84,7 +99,7 @@ async function runTraining(steps: number): Promise<{ lines: StepLine[]; cpuMs?: 
   rmSync(output, { recursive: true, force: true });
   if (lines.length === 0) throw new Error('the coordinator logged no "step applied" line; run it by hand with --log-level debug to see why');
   const cpuMs = cpuStart !== undefined && cpuEnd !== undefined ? cpuEnd - cpuStart : undefined;
-  return { lines, cpuMs, wallMs: wallEnd - wallStart };
+  return { lines, workerLines, cpuMs, wallMs: wallEnd - wallStart };
 }
 
 function summarize(values: number[]): { meanMs: number; medianMs: number } {
@@ -101,7 +116,7 @@ async function main(): Promise<void> {
   printMachine('step-anatomy', machine);
   console.log(`${WORKERS} workers and a coordinator as processes, CNN, ${BATCH_PER_WORKER} images per worker, ${steps} steps (the first ${WARMUP_STEPS} not counted)`);
 
-  const { lines, cpuMs, wallMs } = await runTraining(steps);
+  const { lines, workerLines, cpuMs, wallMs } = await runTraining(steps);
   const phases = Object.fromEntries(PHASES.map((phase) => [phase, summarize(lines.map((line) => line.phasesMs[phase]))]));
   const stepMs = lines.map((line) => PHASES.reduce((sum, phase) => sum + line.phasesMs[phase], 0));
   const coordinatorWork = lines.map((line) => PHASES.filter((phase) => phase !== 'wait').reduce((sum, phase) => sum + line.phasesMs[phase], 0));
@@ -111,6 +126,9 @@ async function main(): Promise<void> {
     // decoding, handing them to the gradient thread, and encoding and sending the gradient.
     transferAndWorkerCodec: summarize(lines.map((line) => line.lastRoundTripMs - line.slowestComputeMs)),
     waitForSlowestWorker: summarize(lines.map((line) => line.lastRoundTripMs - line.firstRoundTripMs)),
+    // Measured by each worker (its "gradient sent" debug line), over the shards of both workers.
+    workerThreadOverhead: summarize(workerLines.map((line) => line.threadOverheadMs)),
+    workerEncodeAndSend: summarize(workerLines.map((line) => line.encodeAndSendMs)),
   };
   const results = {
     workers: WORKERS,

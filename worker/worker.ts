@@ -304,7 +304,9 @@ export class Worker {
     }
     const socket = this.socket;
     const count = message.sampleIds.length;
+    const requestedAt = performance.now();
     const result = await this.trainer!.computeGradients({ images: message.images, labels: message.labels, count });
+    const computedAt = performance.now();
     if (this.socket !== socket) {
       // The coordinator gave this shard to other workers when the connection closed.
       this.log.info('gradient dropped: the connection closed while it was computed', { step: message.step });
@@ -323,6 +325,14 @@ export class Worker {
     const gradient: WorkerMessage = { type: 'gradient', step: message.step, count, loss: result.loss, correct: result.correct, computeMs, tensors, encoding };
     if (killForTests(message.step, this.socket, gradient)) return;
     this.send(gradient);
+    // Time spent around the computation: waiting for the thread (which assigns the step's
+    // weights first) and passing the data both ways, then preparing, encoding and sending the gradient.
+    this.log.debug('gradient sent', {
+      step: message.step,
+      computeMs: Number(computeMs.toFixed(3)),
+      threadOverheadMs: Number((computedAt - requestedAt - computeMs).toFixed(3)),
+      encodeAndSendMs: Number((performance.now() - computedAt).toFixed(3)),
+    });
     this.metrics.compute.observe(computeMs / 1000);
     this.metrics.examples.inc(count);
     this.metrics.shards.inc();
