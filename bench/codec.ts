@@ -13,6 +13,7 @@ import { decodeCoordinatorMessage, decodeWorkerMessage, encodeMessage } from '..
 import { buildModel, parameterSpecs, trainableVariables, type ParameterSpec } from '../shared/models.js';
 import type { GradientEncoding } from '../shared/encoding.js';
 import type { GradientMessage, WeightsMessage, WireTensor } from '../shared/protocol.js';
+import { WebSocket, WebSocketServer } from 'ws';
 import { StepRun } from '../coordinator/step.js';
 import type { WorkerSession } from '../coordinator/session.js';
 import { describeMachine, flagValue, loadAverage, median, printMachine, round, writeResults } from './machine.js';
@@ -24,6 +25,8 @@ const ROUNDS = 7;
 const ROUND_MS = 300;
 /** Target of the fp32 codec, in MB/s, for both encoding and decoding. */
 const TARGET_MB_PER_S = 1000;
+/** Timed WebSocket sends per masking mode; the first 20 are left out as warm-up. */
+const SENDS = 220;
 /** Examples per shard in the gradient messages, as with --batch-size-per-worker 64. */
 const SHARD_COUNT = 64;
 
@@ -164,6 +167,8 @@ async function main(): Promise<void> {
     );
   }
 
+  results.push(...(await measureSends(gradientFrame)));
+
   const fp32 = results.filter((result) => result.encoding === 'fp32' && /: (encode|decode)( \(worker\))?$/.test(result.operation));
   const slowest = fp32.reduce((a, b) => (a.mbPerSecond < b.mbPerSecond ? a : b));
   const met = slowest.mbPerSecond >= TARGET_MB_PER_S;
@@ -184,6 +189,38 @@ async function main(): Promise<void> {
     target: { mbPerSecond: TARGET_MB_PER_S, met, verdict },
     results,
   });
+}
+
+/**
+ * Times `WebSocket.send` of a gradient frame from a ws client to a ws server on 127.0.0.1,
+ * as a worker sends it: with ws's random masks, and with an all-zero mask, which ws 8 does
+ * not apply. The difference is what masking costs without the optional bufferutil package.
+ * Each send is followed by a turn of the event loop, so that the server reads the frame.
+ */
+async function measureSends(frame: Buffer): Promise<OperationResult[]> {
+  const server = new WebSocketServer({ host: '127.0.0.1', port: 0, maxPayload: 4 * frame.byteLength });
+  await new Promise((resolve) => server.once('listening', resolve));
+  const port = (server.address() as { port: number }).port;
+  const results: OperationResult[] = [];
+  for (const masked of [true, false]) {
+    const socket = new WebSocket(`ws://127.0.0.1:${port}`, masked ? {} : { generateMask: (mask) => mask.fill(0) });
+    await new Promise((resolve) => socket.once('open', resolve));
+    const times: number[] = [];
+    for (let i = 0; i < SENDS; i++) {
+      const started = performance.now();
+      socket.send(frame);
+      times.push(performance.now() - started);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    socket.terminate();
+    const ms = median(times.slice(20));
+    const operation = `gradient: WebSocket send (${masked ? 'masked' : 'unmasked'})`;
+    const result = { operation, encoding: 'fp32', frameBytes: frame.byteLength, msPerMessage: round(ms, 4), mbPerSecond: round(frame.byteLength / 1000 / ms, 1), roundsMbPerSecond: [], loadAverage: loadAverage()[0] };
+    console.log(`${operation.padEnd(44)} fp32  ${String(frame.byteLength).padStart(8)} bytes ${result.msPerMessage.toFixed(3).padStart(7)} ms ${String(result.mbPerSecond).padStart(8)} MB/s  (load ${result.loadAverage})`);
+    results.push(result);
+  }
+  await new Promise((resolve) => server.close(resolve));
+  return results;
 }
 
 await main();
