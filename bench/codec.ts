@@ -99,9 +99,9 @@ function benchSession(): WorkerSession {
 }
 
 /**
- * Returns a function that runs the coordinator's receive path for one gradient frame: it
- * hands one shard of a long-running StepRun to the session, decodes the frame and accepts
- * it, which checks it and adds it to the step's float64 sums.
+ * Returns a function that runs the coordinator's receive path for one gradient frame. Each
+ * call hands one shard of a long-running StepRun to the session, decodes the frame and
+ * accepts it, which checks it and adds it to the step's float64 sums.
  */
 function receivePath(specs: ParameterSpec[], frame: Buffer, decode: boolean, encoding: GradientEncoding = 'fp32'): () => void {
   const session = benchSession();
