@@ -1,8 +1,8 @@
 import { roundTrip, type GradientEncoding } from '../shared/encoding.js';
 
 /**
- * Error feedback for a compressed gradient encoding (Seide et al. 2014, "1-bit stochastic
- * gradient descent"; Karimireddy et al. 2019, "Error feedback fixes SignSGD"). The worker
+ * Error feedback for a compressed gradient encoding (Karimireddy et al., "Error Feedback
+ * Fixes SignSGD and other Gradient Compression Schemes", arXiv:1901.09847). The worker
  * keeps, per tensor, the residual that the encoding lost on its last gradient and adds it to
  * the next one before that is encoded. So a value the encoding rounds away is not lost but
  * sent later: over k steps the decoded gradients sum to the true sum up to one residual.
