@@ -47,6 +47,13 @@ const PERMANENT_CLOSE_CODES = new Set<number>([
   CLOSE_CODES.unauthorized,
 ]);
 
+/**
+ * Time one connection attempt may take. Without it, an attempt to a host that vanished
+ * (a cut link, a dead VM) waits for the kernel's TCP connect timeout, about two minutes on
+ * Linux, so a worker would rejoin long after the network came back.
+ */
+const CONNECT_ATTEMPT_TIMEOUT_MS = 5_000;
+
 /** Reconnect delays grow from 250 ms to 5 s, with up to 50% random jitter. */
 const BACKOFF_START_MS = 250;
 const BACKOFF_MAX_MS = 5_000;
@@ -157,7 +164,12 @@ export class Worker {
         resolve(undefined);
         return;
       }
-      const socket = new WebSocket(this.options.coordinator, { maxPayload: MAX_PAYLOAD_BYTES, perMessageDeflate: false, ...(ca && { ca }) });
+      const socket = new WebSocket(this.options.coordinator, {
+        maxPayload: MAX_PAYLOAD_BYTES,
+        perMessageDeflate: false,
+        handshakeTimeout: CONNECT_ATTEMPT_TIMEOUT_MS,
+        ...(ca && { ca }),
+      });
       socket.once('open', () => {
         this.socket = socket;
         this.attach(socket);

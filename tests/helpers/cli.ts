@@ -16,8 +16,10 @@ export class CliProcess {
   readonly exited: Promise<number>;
   private waiters: { predicate: (line: string) => boolean; resolve: (line: string) => void }[] = [];
 
-  constructor(args: string[], env: NodeJS.ProcessEnv = {}) {
-    this.child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  /** `wrapper` runs the CLI through another command, such as `ip netns exec NAME`. */
+  constructor(args: string[], env: NodeJS.ProcessEnv = {}, wrapper: string[] = []) {
+    const [command, ...prefix] = [...wrapper, process.execPath];
+    this.child = spawn(command, [...prefix, CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     createInterface({ input: this.child.stdout! }).on('line', (line) => this.onLine(line, this.lines));
     createInterface({ input: this.child.stderr! }).on('line', (line) => this.onLine(line, this.stderr));
     this.exited = new Promise((resolve) => this.child.once('exit', (code, signal) => resolve(code ?? (signal ? -1 : 1))));
