@@ -123,7 +123,11 @@ def train_process(rank, options, queue):
     dist.all_gather_object(gathered, result)
     if rank == 0:
         queue.put({'perProcess': gathered, 'wallSeconds': elapsed_all})
-    dist.destroy_process_group()
+    dist.barrier()
+    # A rank sometimes spun forever in gloo's teardown once the other rank, which holds the
+    # rendezvous store, had exited (Debian's PyTorch 1.13.1). The result is already sent, so
+    # each process leaves without that teardown.
+    os._exit(0)
 
 
 def free_loopback_port():
