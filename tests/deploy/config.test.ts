@@ -59,7 +59,7 @@ function unitSetting(unit: string, key: string): string[] {
 
 const compose = readYaml('docker-compose.yml');
 const composePrometheus = readYaml('compose/prometheus.yml');
-const k8sBase = ['coordinator.yaml', 'workers.yaml', 'podmonitor.yaml'].flatMap((file) => parseDocuments(readDeploy(`k8s/base/${file}`)));
+const k8sBase = ['base/coordinator.yaml', 'base/workers.yaml', 'monitoring/podmonitor.yaml'].flatMap((file) => parseDocuments(readDeploy(`k8s/${file}`)));
 const kustomization = readYaml('k8s/base/kustomization.yaml');
 const k8sCoordinatorJob = manifest(k8sBase, 'Job', 'gradfleet-coordinator');
 const k8sWorkerJob = manifest(k8sBase, 'Job', 'gradfleet-worker');

@@ -67,6 +67,7 @@ describe('kubectl kustomize', () => {
   const overlays: [string, number][] = [
     ['base', 2],
     ['overlays/small', 2],
+    ['overlays/medium', 4],
     ['overlays/large', 8],
   ];
   for (const [path, workers] of overlays) {
@@ -92,7 +93,16 @@ describe('kubectl kustomize', () => {
       }
       expect(Object.keys(configMap.data)).toEqual(['run-until-complete.sh']);
       expect(manifest(documents, 'PersistentVolumeClaim', 'gradfleet-checkpoints').spec.accessModes).toEqual(['ReadWriteOnce']);
-      expect(documents.filter((document) => document.kind === 'PodMonitor')).toHaveLength(2);
+      // PodMonitors come only from k8s/monitoring, so an overlay applies on a cluster without the Operator.
+      expect(documents.filter((document) => document.kind === 'PodMonitor')).toHaveLength(0);
     });
   }
+
+  it('builds the PodMonitors apart', () => {
+    const documents = parseDocuments(run('kubectl', ['kustomize', join(DEPLOY, 'k8s', 'monitoring')]));
+    expect(documents.map((document) => `${document.kind}/${document.metadata.name}`).sort()).toEqual([
+      'PodMonitor/gradfleet-coordinator',
+      'PodMonitor/gradfleet-worker',
+    ]);
+  });
 });
