@@ -10,7 +10,7 @@
  * Run with `npm run build && node dist/bench/capacity.js [--steps N] [--workers 1,2,4] [--out PATH]`.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,7 +23,7 @@ import { COORDINATOR_DEFAULTS, type CoordinatorOptions } from '../shared/options
 import { PROTOCOL_VERSION, type WelcomeMessage } from '../shared/protocol.js';
 import { GRADFLEET_VERSION } from '../shared/version.js';
 import { Coordinator } from '../coordinator/coordinator.js';
-import { describeMachine, flagValue, loadAverage, printMachine, round, writeResults } from './machine.js';
+import { describeMachine, flagValue, loadAverage, printMachine, processCpuMs, round, writeResults } from './machine.js';
 
 const DEFAULT_OUT = 'bench/results/capacity.json';
 const DEFAULT_WORKER_COUNTS = [1, 2, 4, 8, 16, 32, 64];
@@ -112,17 +112,6 @@ async function runSyntheticWorkers(url: string, count: number): Promise<void> {
 
 // ---------------------------------------------------------------------------
 // The coordinator (this process)
-
-/** Returns the user plus system CPU time of another process in milliseconds, from /proc (Linux only). */
-function processCpuMs(pid: number): number | undefined {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    // utime and stime are fields 14 and 15 of /proc/PID/stat, in clock ticks of 10 ms on Linux.
-    return (Number(fields[11]) + Number(fields[12])) * 10;
-  } catch {
-    return undefined;
-  }
-}
 
 async function measure(workers: number, steps: number, dataset: Dataset): Promise<CapacityResult> {
   const output = mkdtempSync(join(tmpdir(), 'gradfleet-capacity-'));

@@ -4,11 +4,12 @@
  * process during the last epoch. The reference and scaling benchmarks share it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { processCpuMs } from './machine.js';
 
 const cli = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
@@ -70,15 +71,8 @@ export interface ClusterResult {
  * only), or NaN when the process has already been reaped.
  */
 export function processCpuSeconds(pid: number): number {
-  let stat: string;
-  try {
-    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch {
-    return Number.NaN;
-  }
-  const fields = stat.split(') ')[1]!.split(' ');
-  // utime and stime are fields 14 and 15 of /proc/PID/stat, in clock ticks of 10 ms on Linux.
-  return (Number(fields[11]) + Number(fields[12])) / 100;
+  const milliseconds = processCpuMs(pid);
+  return milliseconds === undefined ? Number.NaN : milliseconds / 1000;
 }
 
 /** Starts `node dist/cli/main.js ARGS`, inside `namespace` when given; `ip netns exec` execs, so the pid is node's. */

@@ -4,7 +4,7 @@
  * count and the load average: with 2 cores, a load above 2 means the run competed for
  * the CPU with other jobs.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, relative } from 'node:path';
 
@@ -93,4 +93,15 @@ export function mean(values: number[]): number {
 
 export function round(value: number, digits: number): number {
   return Number(value.toFixed(digits));
+}
+
+/** Returns the user plus system CPU time of a process in milliseconds, from /proc (Linux only). */
+export function processCpuMs(pid: number): number | undefined {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    // utime and stime are fields 14 and 15 of /proc/PID/stat, in clock ticks of 10 ms on Linux.
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return undefined;
+  }
 }

@@ -7,12 +7,12 @@
  * Run with `npm run build && node dist/bench/step-anatomy.js [--steps N] [--out PATH]`.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { describeMachine, flagValue, loadAverage, mean, median, printMachine, round, writeResults } from './machine.js';
+import { describeMachine, flagValue, loadAverage, mean, median, printMachine, processCpuMs, round, writeResults } from './machine.js';
 
 const DEFAULT_OUT = 'bench/results/step-anatomy.json';
 const DEFAULT_STEPS = 250;
@@ -31,17 +31,6 @@ interface StepLine {
 }
 
 const cli = fileURLToPath(new URL('../cli/main.js', import.meta.url));
-
-/** Returns the user plus system CPU time of a process in milliseconds, from /proc (Linux only). */
-function processCpuMs(pid: number): number | undefined {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    // utime and stime are fields 14 and 15 of /proc/PID/stat, counted in clock ticks of 10 ms on Linux.
-    return (Number(fields[11]) + Number(fields[12])) * 10;
-  } catch {
-    return undefined;
-  }
-}
 
 /** One worker's debug line per shard: the time around its computation, in milliseconds. */
 interface WorkerLine {
