@@ -8,7 +8,7 @@ import { MetricsServer } from '../shared/metrics-server.js';
 import { saveModel } from '../shared/model-files.js';
 import { buildModel, modelTopology, parameterSpecs, trainableVariables, type ParameterSpec } from '../shared/models.js';
 import { DEFAULT_BATCH_SIZE, OptionError, validateCoordinatorOptions, type CoordinatorOptions } from '../shared/options.js';
-import { CLOSE_CODES, PROTOCOL_VERSION, ProtocolError, type WireTensor, type WorkerMessage } from '../shared/protocol.js';
+import { CLOSE_CODES, PROTOCOL_VERSION, ProtocolError, sameSampleIds, type WireTensor, type WorkerMessage } from '../shared/protocol.js';
 import { evaluateInSlices, type EvaluationResult } from '../shared/training.js';
 import { GRADFLEET_VERSION } from '../shared/version.js';
 import {
@@ -146,6 +146,11 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   private phaseMs = emptyPhaseTimes();
   /** Shortest gradient round trip of the running step, in milliseconds. */
   private firstRoundTripMs = Infinity;
+  /**
+   * The prefetch last sent on each connection, until a shard of its step is sent. A
+   * reconnected worker has a new session, so it starts without one.
+   */
+  private readonly prefetches = new WeakMap<WorkerSession, { step: number; ids: Uint32Array }>();
   /** performance.now() when the server started on the frame it is receiving, to time its decoding. */
   private frameReceivedAt = 0;
   private closed = false;
@@ -283,8 +288,8 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     return { steps: this.stepCount, epochs, stopped: false, weights: this.readWeights(), parameters: this.specs };
   }
 
-  private reachedMaxSteps(): boolean {
-    return this.options.maxSteps !== undefined && this.stepCount >= this.options.maxSteps;
+  private reachedMaxSteps(steps = this.stepCount): boolean {
+    return this.options.maxSteps !== undefined && steps >= this.options.maxSteps;
   }
 
   private async runEpoch(epoch: number, train: Split): Promise<EpochSummary> {
@@ -296,7 +301,9 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       if (this.stopRequest) throw new TrainingStoppedError(this.stopRequest.reason);
       const active = await this.admitWaitingWorkers();
       const ids = plan.take(this.globalBatchSize(active.length));
-      const step = await this.runStep(epoch, ids, active, train);
+      // The batch of the next step if the active workers stay the same; empty at the end of the epoch.
+      const nextIds = plan.peek(this.globalBatchSize(active.length));
+      const step = await this.runStep(epoch, ids, active, train, nextIds);
       state.steps++;
       state.position = plan.position;
       // The samples of a skipped step count as unused: no update was made from them.
@@ -367,10 +374,10 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
   }
 
   /**
-   * Runs one step: broadcast the weights, hand out the shards, collect and average the
-   * gradients, apply the optimizer once.
+   * Runs one step: broadcast the weights, hand out the shards, send each worker the data of
+   * its likely shard of the next step, collect and average the gradients, apply the optimizer once.
    */
-  private async runStep(epoch: number, ids: Uint32Array, active: WorkerSession[], train: Split): Promise<StepRun> {
+  private async runStep(epoch: number, ids: Uint32Array, active: WorkerSession[], train: Split, nextIds: Uint32Array): Promise<StepRun> {
     const startedAt = performance.now();
     const step = this.stepCount;
     this.phaseMs = emptyPhaseTimes();
@@ -394,11 +401,14 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
       epoch,
       splitIntoShards(ids, active.length),
       this.specs,
-      (session, shardIds) => session.send({ type: 'shard', step, epoch, sampleIds: shardIds, ...this.shardData(train, shardIds) }),
+      (session, shardIds) => this.sendShard(session, step, epoch, shardIds, train),
       this.options.gradientEncoding,
     );
     this.currentStep = run;
     run.assign(active);
+    // Prefetch: the next step's data travels while the workers compute, so its shards need none.
+    // Its time counts as scatter.
+    if (nextIds.length > 0 && !this.reachedMaxSteps(step + 1)) this.sendPrefetches(step + 1, nextIds, active, train);
     endPhase('scatter');
     try {
       await this.waitForStep(run);
@@ -560,6 +570,39 @@ export class Coordinator extends EventEmitter<CoordinatorEvents> {
     const active = this.membership.active();
     this.metrics.activeWorkers.set(active.length);
     return active;
+  }
+
+  /**
+   * Sends a shard without its data when this connection was sent a prefetch of exactly
+   * these ids for this step. Otherwise the shard carries its data, as after a membership
+   * change, for a shard taken over from another worker, and at the first step of an epoch or connection.
+   */
+  private sendShard(session: WorkerSession, step: number, epoch: number, ids: Uint32Array, train: Split): void {
+    const prefetch = this.prefetches.get(session);
+    // A worker keeps only its newest prefetch, and a prefetch for a later step outlives this shard.
+    if (prefetch && prefetch.step <= step) this.prefetches.delete(session);
+    if (prefetch?.step === step && sameSampleIds(prefetch.ids, ids)) {
+      this.metrics.prefetchHits.inc();
+      session.send({ type: 'shard', step, epoch, sampleIds: ids, prefetched: true });
+      return;
+    }
+    this.metrics.prefetchMisses.inc();
+    session.send({ type: 'shard', step, epoch, sampleIds: ids, ...this.shardData(train, ids) });
+  }
+
+  /**
+   * Sends each active worker the data of the shard it gets at `step` when the same workers
+   * are active then. StepRun.assign gives the i-th shard to the i-th idle active worker, so
+   * the split and the order here are those of that step.
+   */
+  private sendPrefetches(step: number, ids: Uint32Array, active: WorkerSession[], train: Split): void {
+    const shards = splitIntoShards(ids, active.length);
+    shards.forEach((shardIds, i) => {
+      const session = active[i];
+      if (session.state !== 'active') return;
+      session.send({ type: 'prefetch', step, sampleIds: shardIds, ...this.shardData(train, shardIds) });
+      this.prefetches.set(session, { step, ids: shardIds });
+    });
   }
 
   private shardData(train: Split, ids: Uint32Array): { images: Uint8Array; labels: Uint8Array } {

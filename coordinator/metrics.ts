@@ -108,6 +108,18 @@ export class CoordinatorMetrics {
     registers: [this.registry],
   });
 
+  readonly prefetchHits = new Counter({
+    name: 'gradfleet_prefetch_hits_total',
+    help: 'Shards sent without images and labels, because the worker was sent them in a prefetch.',
+    registers: [this.registry],
+  });
+
+  readonly prefetchMisses = new Counter({
+    name: 'gradfleet_prefetch_misses_total',
+    help: 'Shards sent with their images and labels: no prefetch of the same step and sample ids went to that connection.',
+    registers: [this.registry],
+  });
+
   readonly sentBytes = new Counter({
     name: 'gradfleet_sent_bytes_total',
     help: 'Bytes of protocol messages sent to workers.',

@@ -47,6 +47,11 @@ export class EpochPlan {
     return this.cursor >= this.order.length;
   }
 
+  /** Returns the global batch that `take(batchSize)` would return next, without taking it. */
+  peek(batchSize: number): Uint32Array {
+    return this.order.subarray(this.cursor, Math.min(this.cursor + batchSize, this.order.length));
+  }
+
   /** Takes the next global batch; the last one of an epoch may be smaller. */
   take(batchSize: number): Uint32Array {
     const end = Math.min(this.cursor + batchSize, this.order.length);

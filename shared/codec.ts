@@ -47,7 +47,7 @@ export function decodeWorkerMessage(frame: Uint8Array): WorkerMessage {
   return message as WorkerMessage;
 }
 
-const COORDINATOR_TYPES = new Set(['welcome', 'weights', 'shard', 'error', 'done']);
+const COORDINATOR_TYPES = new Set(['welcome', 'weights', 'shard', 'prefetch', 'error', 'done']);
 const WORKER_TYPES = new Set(['hello', 'ready', 'gradient', 'error']);
 
 function unpackFrame(frame: Uint8Array): Record<string, unknown> {
@@ -72,7 +72,7 @@ function toWire(message: Message): Record<string, unknown> {
     // The encoding travels in each tensor's dtype, so the message needs no field of its own.
     delete wire.encoding;
   }
-  if (message.type === 'shard') wire.sampleIds = bytesOf(message.sampleIds);
+  if (message.type === 'shard' || message.type === 'prefetch') wire.sampleIds = bytesOf(message.sampleIds);
   return wire;
 }
 
@@ -245,6 +245,12 @@ function validateMessage(fields: Fields): Message {
       return { type, step: requireNumber(fields, type, 'step', { integer: true, min: 0 }), tensors: validateTensors(fields, type).tensors };
     case 'shard':
       return validateShard(fields);
+    case 'prefetch':
+      return {
+        type,
+        step: requireNumber(fields, type, 'step', { integer: true, min: 0 }),
+        ...validateSamples(fields, type),
+      };
     case 'gradient':
       return validateGradient(fields);
     case 'error':
@@ -320,26 +326,41 @@ function optionalGradientEncoding(fields: Fields): { gradientEncoding?: Gradient
   return { gradientEncoding: value as GradientEncoding };
 }
 
+/**
+ * Validates a shard. It either carries images and labels for its ids, or is marked
+ * `prefetched: true` and carries neither, because the worker stores them from a `prefetch`.
+ */
 function validateShard(fields: Fields): Message {
   const type = 'shard';
+  const step = requireNumber(fields, type, 'step', { integer: true, min: 0 });
+  const epoch = requireNumber(fields, type, 'epoch', { integer: true, min: 0 });
+  if (fields.prefetched === undefined) return { type, step, epoch, ...validateSamples(fields, type) };
+  if (fields.prefetched !== true) throw malformed(type, `field "prefetched" must be true when present, got ${describe(fields.prefetched)}`);
+  for (const key of ['images', 'labels']) {
+    if (fields[key] !== undefined) throw malformed(type, `a shard marked "prefetched" must not carry "${key}", got ${describe(fields[key])}`);
+  }
+  return { type, step, epoch, sampleIds: validateSampleIds(fields, type), prefetched: true };
+}
+
+function validateSampleIds(fields: Fields, type: string): Uint32Array {
   const idBytes = requireBytes(fields, type, 'sampleIds');
   if (idBytes.byteLength % 4 !== 0) throw malformed(type, `field "sampleIds" has ${idBytes.byteLength} bytes, which is not a whole number of uint32 ids`);
   const sampleIds = uint32FromBytes(idBytes);
+  if (sampleIds.length === 0) throw malformed(type, 'field "sampleIds" is empty; a shard has at least one sample');
+  return sampleIds;
+}
+
+/** Validates the sample ids, images and labels of a shard or a prefetch: one label and one equal-sized image per id. */
+function validateSamples(fields: Fields, type: string): { sampleIds: Uint32Array; images: Uint8Array; labels: Uint8Array } {
+  const sampleIds = validateSampleIds(fields, type);
   const images = requireBytes(fields, type, 'images');
   const labels = requireBytes(fields, type, 'labels');
   const count = sampleIds.length;
   if (labels.byteLength !== count) throw malformed(type, `${count} sample ids but ${labels.byteLength} labels`);
-  if (count === 0 || images.byteLength % count !== 0) {
+  if (images.byteLength % count !== 0) {
     throw malformed(type, `${images.byteLength} image bytes cannot hold ${count} equal-sized images`);
   }
-  return {
-    type,
-    step: requireNumber(fields, type, 'step', { integer: true, min: 0 }),
-    epoch: requireNumber(fields, type, 'epoch', { integer: true, min: 0 }),
-    sampleIds,
-    images,
-    labels,
-  };
+  return { sampleIds, images, labels };
 }
 
 function validateGradient(fields: Fields): Message {

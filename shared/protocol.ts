@@ -14,7 +14,7 @@
 import type { GradientEncoding } from './encoding.js';
 
 /** Bumped whenever a message changes shape; both sides reject a different version. */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 /**
  * A tensor as code on either side sees it: a name, a shape and its float32 values. A gradient
@@ -75,7 +75,10 @@ export interface WeightsMessage {
 }
 
 /** Coordinator → one worker: its shard of a step. */
-export interface ShardMessage {
+export type ShardMessage = ShardWithData | PrefetchedShard;
+
+/** A shard that carries its images and labels. */
+export interface ShardWithData {
   type: 'shard';
   step: number;
   epoch: number;
@@ -84,6 +87,40 @@ export interface ShardMessage {
   /** `sampleIds.length` images, each rows×cols unsigned bytes, row-major. */
   images: Uint8Array;
   labels: Uint8Array;
+  prefetched?: undefined;
+}
+
+/**
+ * A shard without data: the coordinator sent exactly these sample ids for this step in a
+ * `prefetch` message on the same connection, and the worker computes on the data stored from it.
+ */
+export interface PrefetchedShard {
+  type: 'shard';
+  step: number;
+  epoch: number;
+  sampleIds: Uint32Array;
+  prefetched: true;
+}
+
+/**
+ * Coordinator → one worker, right after the shards of step `step - 1`: the data of the shard
+ * the worker will get at `step` if the active workers stay the same. The worker stores only
+ * the newest one.
+ */
+export interface PrefetchMessage {
+  type: 'prefetch';
+  step: number;
+  sampleIds: Uint32Array;
+  /** `sampleIds.length` images, each rows×cols unsigned bytes, row-major. */
+  images: Uint8Array;
+  labels: Uint8Array;
+}
+
+/** Returns true when two shards have the same sample ids in the same order, as a prefetched shard must. */
+export function sameSampleIds(a: Uint32Array, b: Uint32Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** Worker → coordinator: the gradient of the mean loss over one shard. */
@@ -118,7 +155,7 @@ export interface DoneMessage {
   reason: string;
 }
 
-export type CoordinatorMessage = WelcomeMessage | WeightsMessage | ShardMessage | ErrorMessage | DoneMessage;
+export type CoordinatorMessage = WelcomeMessage | WeightsMessage | ShardMessage | PrefetchMessage | ErrorMessage | DoneMessage;
 export type WorkerMessage = HelloMessage | ReadyMessage | GradientMessage | ErrorMessage;
 export type Message = CoordinatorMessage | WorkerMessage;
 

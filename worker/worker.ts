@@ -10,7 +10,9 @@ import {
   closeCodeForError,
   PROTOCOL_VERSION,
   ProtocolError,
+  sameSampleIds,
   type CoordinatorMessage,
+  type PrefetchMessage,
   type ShardMessage,
   type WelcomeMessage,
   type WeightsMessage,
@@ -89,6 +91,8 @@ export class Worker {
   /** Gradient encoding named by `welcome`, with its error-feedback residuals; fp32 until then. */
   private compressor = new GradientCompressor('fp32');
   private weightsStep = -1;
+  /** Data of the newest `prefetch` on this connection, until a shard of its step or a later one arrives. */
+  private prefetch?: PrefetchMessage;
   /** When the coordinator last pinged, by performance.now(); see `watchHeartbeats`. */
   private lastPingAt = 0;
   private heartbeatTimer?: NodeJS.Timeout;
@@ -210,13 +214,18 @@ export class Worker {
       message = decodeCoordinatorMessage(frame);
     } catch (error) {
       if (!(error instanceof ProtocolError)) throw error;
-      this.log.error('message from the coordinator rejected', { code: error.code, error: error.message });
-      this.send({ type: 'error', code: error.code, message: error.message });
-      this.socket?.close(closeCodeForError(error.code));
-      this.fail(new WorkerFatalError(error.message));
+      this.rejectMessage(error);
       return;
     }
     await this.handle(message);
+  }
+
+  /** Tells the coordinator why its message cannot be used, closes the connection and stops for good. */
+  private rejectMessage(error: ProtocolError): void {
+    this.log.error('message from the coordinator rejected', { code: error.code, error: error.message });
+    this.send({ type: 'error', code: error.code, message: error.message });
+    this.socket?.close(closeCodeForError(error.code));
+    this.fail(new WorkerFatalError(error.message));
   }
 
   private async handle(message: CoordinatorMessage): Promise<void> {
@@ -227,6 +236,8 @@ export class Worker {
         return this.onWeights(message);
       case 'shard':
         return this.onShard(message);
+      case 'prefetch':
+        return this.onPrefetch(message);
       case 'done':
         this.log.info('training complete', { reason: message.reason });
         this.state = 'done';
@@ -243,6 +254,8 @@ export class Worker {
     // The process selected its backend from --backend before the worker started. A
     // reconnected worker keeps its trainer, which replaces the model.
     const trainer = (this.trainer ??= createTrainer(tf.getBackend() as BackendName, (error) => this.fail(new WorkerFatalError(error.message))));
+    // A prefetch belongs to the connection it came on; the coordinator expects none on a new one.
+    this.prefetch = undefined;
     this.variableShapes = await trainer.build(message.modelTopology, message.numClasses);
     this.maxMessageBytes = message.maxMessageBytes;
     this.parameterNames = message.parameters.map((parameter) => parameter.name);
@@ -309,7 +322,37 @@ export class Worker {
     this.trainer!.setWeights(message.tensors.map((tensor) => tensor.data)).catch((error: Error) => this.fail(error));
   }
 
+  /** Stores the data of the shard expected at a later step, replacing any older prefetch. */
+  private onPrefetch(message: PrefetchMessage): void {
+    this.prefetch = message;
+    this.log.debug('prefetch stored', { step: message.step, samples: message.sampleIds.length });
+  }
+
+  /**
+   * Returns the images and labels of a shard: its own, or those of the stored prefetch when
+   * the shard is marked prefetched. The coordinator marks one only after it sent a prefetch of
+   * the same step and ids on this connection, so a mismatch is a protocol error.
+   */
+  private shardData(message: ShardMessage): { images: Uint8Array; labels: Uint8Array } | undefined {
+    const prefetch = this.prefetch;
+    // Only the newest prefetch is kept, and one for a later step outlives this shard.
+    if (prefetch && prefetch.step <= message.step) this.prefetch = undefined;
+    if (!message.prefetched) return { images: message.images, labels: message.labels };
+    if (prefetch?.step === message.step && sameSampleIds(prefetch.sampleIds, message.sampleIds)) return { images: prefetch.images, labels: prefetch.labels };
+    const stored = prefetch ? `a prefetch of ${prefetch.sampleIds.length} samples for step ${prefetch.step}` : 'no prefetch';
+    this.rejectMessage(
+      new ProtocolError(
+        'UNEXPECTED_MESSAGE',
+        `shard for step ${message.step} (${message.sampleIds.length} samples) is marked prefetched, but this worker stores ${stored} with those ids; ` +
+          'the coordinator must send the images and labels',
+      ),
+    );
+    return undefined;
+  }
+
   private async onShard(message: ShardMessage): Promise<void> {
+    const data = this.shardData(message);
+    if (!data) return;
     if (message.step !== this.weightsStep) {
       this.log.warn('shard skipped: no weights for its step', { step: message.step, weightsStep: this.weightsStep });
       return;
@@ -317,7 +360,7 @@ export class Worker {
     const socket = this.socket;
     const count = message.sampleIds.length;
     const requestedAt = performance.now();
-    const result = await this.trainer!.computeGradients({ images: message.images, labels: message.labels, count });
+    const result = await this.trainer!.computeGradients({ ...data, count });
     const computedAt = performance.now();
     if (this.socket !== socket) {
       // The coordinator gave this shard to other workers when the connection closed.

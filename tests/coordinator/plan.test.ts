@@ -104,6 +104,17 @@ describe('EpochPlan with splitIntoShards', () => {
     expect(useCounts(steps, SAMPLES).every((count) => count === 1)).toBe(true);
   });
 
+  it('peek returns the next take', () => {
+    const plan = new EpochPlan(2, SAMPLES, 42, SAMPLES - 40);
+
+    const peeked = Array.from(plan.peek(BATCH));
+
+    expect(plan.position).toBe(SAMPLES - 40);
+    expect(peeked).toHaveLength(Math.min(BATCH, 40));
+    expect(Array.from(plan.take(BATCH))).toEqual(peeked);
+    expect(plan.peek(BATCH)).toHaveLength(0);
+  });
+
   it('resumes from startAt', () => {
     const full = new EpochPlan(3, SAMPLES, 42);
     const firstPart = full.take(300);

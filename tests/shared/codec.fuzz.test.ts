@@ -28,6 +28,8 @@ const VALID_FRAMES: Buffer[] = (
     { type: 'gradient', step: 3, count: 2, loss: 0.5, correct: 1, computeMs: 4, tensors: tensors(0.25) },
     { type: 'weights', step: 3, tensors: tensors(1) },
     { type: 'shard', step: 3, epoch: 1, sampleIds: Uint32Array.from([4, 9]), images: new Uint8Array(8), labels: new Uint8Array(2) },
+    { type: 'shard', step: 4, epoch: 1, sampleIds: Uint32Array.from([4, 9]), prefetched: true },
+    { type: 'prefetch', step: 4, sampleIds: Uint32Array.from([4, 9]), images: new Uint8Array(8), labels: new Uint8Array(2) },
     { type: 'error', code: 'MALFORMED_MESSAGE', message: 'bad' },
     { type: 'done', reason: 'training complete' },
   ] as Message[]
@@ -79,7 +81,7 @@ describe('decoder properties', () => {
   });
 
   it('random maps never escape', () => {
-    const types = fc.constantFrom('hello', 'welcome', 'ready', 'weights', 'shard', 'gradient', 'error', 'done', 'other');
+    const types = fc.constantFrom('hello', 'welcome', 'ready', 'weights', 'shard', 'prefetch', 'gradient', 'error', 'done', 'other');
     const value = fc.anything({ withTypedArray: true, withBigInt: false, maxDepth: 3 });
     fc.assert(
       fc.property(types, fc.dictionary(fc.string({ maxLength: 12 }), value, { maxKeys: 8 }), (type, fields) => {

@@ -157,6 +157,8 @@ describe('encodeMessage round trip', () => {
 
     expect(decoded.type).toBe('shard');
     if (decoded.type !== 'shard') return;
+    expect(decoded.prefetched).toBeUndefined();
+    if (decoded.prefetched) return;
     expect(decoded.step).toBe(5);
     expect(decoded.epoch).toBe(2);
     expect(decoded.sampleIds).toBeInstanceOf(Uint32Array);
