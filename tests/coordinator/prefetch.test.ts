@@ -2,24 +2,21 @@ import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Coordinator } from '../../coordinator/coordinator.js';
 import { selectBackend } from '../../shared/backend.js';
 import { loadDataset, type Dataset } from '../../shared/data/dataset.js';
-import { Logger } from '../../shared/log.js';
-import { COORDINATOR_DEFAULTS, WORKER_DEFAULTS, type CoordinatorOptions } from '../../shared/options.js';
-import { Worker } from '../../worker/worker.js';
+import { COORDINATOR_DEFAULTS, type CoordinatorOptions } from '../../shared/options.js';
 import { temporaryFolder } from '../helpers/cli.js';
+import { silentLogger, startInProcessWorker, type Closables } from '../helpers/in-process.js';
 
 /** In-process coordinator and workers on real sockets, as in membership.test.ts; the MLP keeps steps fast. */
-const silent = new Logger({ format: 'json', level: 'error', name: 'test', write: () => {} });
+const silent = silentLogger;
 let dataset: Dataset;
-const cleanup: { close(): Promise<void> }[] = [];
+const cleanup: Closables = [];
 
 function coordinatorOptions(overrides: Partial<CoordinatorOptions>): CoordinatorOptions {
   return { ...COORDINATOR_DEFAULTS, model: 'mlp', port: 0, metricsPort: 0, epochs: 1, batchSize: 64, output: temporaryFolder('prefetch'), ...overrides };
 }
 
-function startWorker(coordinator: Coordinator, name: string): { worker: Worker; done: Promise<void> } {
-  const worker = new Worker({ ...WORKER_DEFAULTS, coordinator: `ws://127.0.0.1:${coordinator.port}`, metricsPort: 0, name }, silent);
-  cleanup.push(worker);
-  return { worker, done: worker.run() };
+function startWorker(coordinator: Coordinator, name: string): ReturnType<typeof startInProcessWorker> {
+  return startInProcessWorker(coordinator, name, cleanup);
 }
 
 async function counterValue(coordinator: Coordinator, name: 'prefetchHits' | 'prefetchMisses'): Promise<number> {
