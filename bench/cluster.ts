@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { processCpuMs } from './machine.js';
+import { flagValue, processCpuMs } from './machine.js';
 
 const cli = fileURLToPath(new URL('../cli/main.js', import.meta.url));
 
@@ -155,4 +155,17 @@ export async function runCluster(options: ClusterOptions): Promise<ClusterResult
       workerSeconds: after.workers.map((seconds, i) => seconds - before.workers[i]!),
     },
   };
+}
+
+/**
+ * Reads the flags shared by the benchmarks that train real clusters: `--out` (results file),
+ * `--repeats` (default 2) and `--train-limit` (default 12,800, at least two batches of `batch`).
+ */
+export function readClusterFlags(argv: string[], defaultOut: string, batch: number): { outPath: string; repeats: number; trainLimit: number } {
+  const outPath = flagValue(argv, '--out', defaultOut);
+  const repeats = Number(flagValue(argv, '--repeats', '2'));
+  const trainLimit = Number(flagValue(argv, '--train-limit', '12800'));
+  if (!Number.isInteger(repeats) || repeats < 1) throw new Error(`invalid --repeats ${repeats}: expected a whole number of at least 1`);
+  if (!Number.isInteger(trainLimit) || trainLimit < 2 * batch) throw new Error(`invalid --train-limit ${trainLimit}: expected a whole number of at least ${2 * batch}`);
+  return { outPath, repeats, trainLimit };
 }

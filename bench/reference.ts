@@ -23,8 +23,8 @@ import { loadDataset } from '../shared/data/dataset.js';
 import { registerWasmGradientKernels } from '../shared/kernels/index.js';
 import { buildModel } from '../shared/models.js';
 import { computeGradients } from '../shared/training.js';
-import { runCluster, type ClusterResult } from './cluster.js';
-import { describeMachine, flagValue, loadAverage, median, printMachine, round, writeResults } from './machine.js';
+import { readClusterFlags, runCluster, type ClusterResult } from './cluster.js';
+import { describeMachine, loadAverage, median, printMachine, round, writeResults } from './machine.js';
 
 const DEFAULT_OUT = 'bench/results/reference.json';
 const BATCH = 64;
@@ -120,11 +120,7 @@ function verdict(ratio: number, target: number): string {
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
-  const outPath = flagValue(argv, '--out', DEFAULT_OUT);
-  const repeats = Number(flagValue(argv, '--repeats', '2'));
-  const trainLimit = Number(flagValue(argv, '--train-limit', '12800'));
-  if (!Number.isInteger(repeats) || repeats < 1) throw new Error(`invalid --repeats ${repeats}: expected a whole number of at least 1`);
-  if (!Number.isInteger(trainLimit) || trainLimit < 2 * BATCH) throw new Error(`invalid --train-limit ${trainLimit}: expected a whole number of at least ${2 * BATCH}`);
+  const { outPath, repeats, trainLimit } = readClusterFlags(argv, DEFAULT_OUT, BATCH);
 
   // process.exit runs the exit handler of bench/cluster.ts, which stops gradfleet's processes.
   process.on('SIGINT', () => process.exit(130));

@@ -15,8 +15,8 @@
  */
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { runCluster, type ClusterNamespaces } from './cluster.js';
-import { describeMachine, flagValue, loadAverage, printMachine, round, writeResults } from './machine.js';
+import { readClusterFlags, runCluster, type ClusterNamespaces } from './cluster.js';
+import { describeMachine, loadAverage, printMachine, round, writeResults } from './machine.js';
 
 const DEFAULT_OUT = 'bench/results/scaling.json';
 const BATCH = 64;
@@ -128,11 +128,7 @@ function scalingRatios(runs: ScalingRun[]): { network: string; repeat: number; r
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
-  const outPath = flagValue(argv, '--out', DEFAULT_OUT);
-  const repeats = Number(flagValue(argv, '--repeats', '2'));
-  const trainLimit = Number(flagValue(argv, '--train-limit', '12800'));
-  if (!Number.isInteger(repeats) || repeats < 1) throw new Error(`invalid --repeats ${repeats}: expected a whole number of at least 1`);
-  if (!Number.isInteger(trainLimit) || trainLimit < 2 * BATCH) throw new Error(`invalid --train-limit ${trainLimit}: expected a whole number of at least ${2 * BATCH}`);
+  const { outPath, repeats, trainLimit } = readClusterFlags(argv, DEFAULT_OUT, BATCH);
 
   const machine = describeMachine();
   machine.backend = 'wasm';
