@@ -46,7 +46,7 @@ def read_idx(path, expected_dimensions):
     shape = tuple(int(size) for size in np.frombuffer(data, dtype='>u4', count=dimension_count, offset=4))
     values = np.frombuffer(data, dtype=np.uint8, offset=header_end)
     if values.size != int(np.prod(shape)):
-        raise ValueError(f'{path}: header gives shape {shape} but the file holds {values.size} bytes of data')
+        raise ValueError(f'{path}: header gives shape {shape} but the file contains {values.size} bytes of data')
     return values.reshape(shape)
 
 

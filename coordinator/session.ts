@@ -109,9 +109,9 @@ const DISCONNECT_REASONS = new Map<number, string>([
 ]);
 
 /**
- * Returns why a worker's connection ended, as a metric label: the coordinator's own reason
- * when it dropped the worker, else the close code's meaning, else `connection_lost` (a
- * crashed process or a cut network closes without a code, which ws reports as 1006).
+ * Returns why a worker's connection ended, as a metric label. The coordinator's own reason
+ * comes first when it dropped the worker, then the close code's meaning. Anything else is
+ * `connection_lost`, because a crashed process or a cut network closes without a code (ws reports 1006).
  */
 export function disconnectReason(code: number, coordinatorReason: string | undefined): string {
   if (coordinatorReason === 'heartbeat timeout') return 'heartbeat_timeout';

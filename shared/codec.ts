@@ -92,6 +92,7 @@ function bytesOf(array: Float32Array | Uint32Array | Uint16Array | Int8Array): U
 
 /** The wire dtype of each gradient encoding. */
 const DTYPE_OF: Record<GradientEncoding, string> = { fp32: 'float32', fp16: 'float16', int8: 'int8' };
+const BYTES_PER_VALUE: Record<GradientEncoding, number> = { fp32: 4, fp16: 2, int8: 1 };
 
 /**
  * Views little-endian float32 bytes as a Float32Array. A Float32Array must start at a
@@ -204,8 +205,7 @@ function validateTensors(fields: Fields, type: string): { tensors: WireTensor[];
 /** Checks the byte lengths (and int8 scales) of one tensor and returns its float32 values. */
 function decodeTensorData(tensor: Fields, type: string, name: string, shape: number[], length: number, encoding: GradientEncoding): Float32Array {
   const bytes = requireBytes(tensor, type, 'data');
-  const bytesPerValue = encoding === 'fp32' ? 4 : encoding === 'fp16' ? 2 : 1;
-  const expectedBytes = bytesPerValue * length;
+  const expectedBytes = BYTES_PER_VALUE[encoding] * length;
   if (bytes.byteLength !== expectedBytes) {
     throw malformed(type, `tensor "${name}" of shape [${shape}] and dtype "${DTYPE_OF[encoding]}" needs ${expectedBytes} bytes, got ${bytes.byteLength}`);
   }

@@ -487,8 +487,8 @@ function poisonGradientForTests(step: number, gradients: Float32Array[]): void {
 }
 
 /**
- * Returns advice for a ws:// URL whose server hung up during the WebSocket upgrade, which is
- * what a coordinator serving TLS does with a request in clear text; otherwise ''.
+ * Returns advice to use wss:// when the server of a ws:// URL hung up during the WebSocket
+ * upgrade, as a coordinator serving TLS does with a request in clear text. Otherwise returns ''.
  */
 function tlsHint(url: string, error: Error): string {
   const hungUp = /socket hang up|ECONNRESET/.test(error.message);
